@@ -1,0 +1,103 @@
+"""What every adapter layer shares: the frozen base Linear, the input dropout, the routing context."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from branchlora.adapters.config import AdapterConfig
+
+
+@dataclass
+class RoutingContext:
+    """Per-forward information shared by every layer of one model (set by `routing_context`).
+
+    task_ids: which task router each sample uses (int for the whole batch, or a (B,) tensor).
+    attention_mask: (B, L) mask of the model input; routed layers use it to skip padding.
+    reuse: when True, routed layers compute their routing once (at prefill) and reuse it for every
+        later forward inside the context, as KV-cached generation needs.
+    """
+
+    task_ids: int | torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    reuse: bool = False
+
+
+def init_down(weight: torch.Tensor, init: str) -> None:
+    """Init a down-projection (A): N(0, 0.01^2) as in CoIN's MoELoRA, or PEFT's Kaiming-uniform."""
+    if init == "gaussian":
+        nn.init.normal_(weight, std=0.01)
+    else:
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+class AdapterLayer(nn.Module):
+    """A frozen `nn.Linear` plus a low-rank update; subclasses hold the math in `add_delta`.
+
+    `adapter_param_names` names the adapter's own parameters (as PEFT does), so that generic code
+    (freeze, count, save, load) can act on any adapter without knowing which one it is.
+    """
+
+    kind: str = ""
+    adapter_param_names: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"{self.kind} wraps nn.Linear modules, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        base_layer.requires_grad_(False)
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.config = config
+        self.scale = config.scale
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.context = RoutingContext()
+
+    def _factory(self) -> dict:
+        """Device and dtype of new adapter parameters: those of the base weight."""
+        w = self.base_layer.weight
+        return {"device": w.device, "dtype": w.dtype}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        return self.add_delta(out, x.to(self._factory()["dtype"]))
+
+    def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Return out + the adapter's update for input x."""
+        raise NotImplementedError
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """The adapter's own parameters by name (the base layer excluded)."""
+        return {
+            name: p for name, p in self.named_parameters() if name.split(".")[0] in self.adapter_param_names
+        }
+
+    def mark_trainable(self) -> None:
+        """Make the adapter trainable, honouring whatever the adapter keeps frozen."""
+        for p in self.adapter_parameters().values():
+            p.requires_grad_(True)
+
+    def structure(self) -> dict:
+        """Shapes a saved file must reproduce before its tensors can load (grown routers, branches)."""
+        return {}
+
+    def restructure(self, structure: dict) -> None:
+        """Grow to the saved `structure` (inverse of `structure`)."""
+
+    def delta_weight(self) -> torch.Tensor:
+        """The dense (d_out, d_in) update, for merging into W0; only input-independent adapters have one."""
+        raise NotImplementedError(f"{self.kind} routes per input and has no single mergeable weight")
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, r={self.config.r}, s={self.scale:g}"
+
+
+def flat_addmm(out: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """out + scale * z @ weight.T over all leading dims, fused in one addmm (no separate delta tensor)."""
+    d_out = out.shape[-1]
+    fused = torch.addmm(out.reshape(-1, d_out), z.reshape(-1, z.shape[-1]), weight.t(), alpha=scale)
+    return fused.view(out.shape)

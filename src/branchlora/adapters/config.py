@@ -1,0 +1,68 @@
+"""The adapter configuration: one dataclass, validated at construction, shared by every adapter kind."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+KINDS = ("lora", "moelora", "branchlora", "hydralora")
+ROUTING_INPUTS = ("first", "mean", "token")
+INITS = ("gaussian", "kaiming")
+# LLaVA-style preset: the seven Linear types of every language-model layer; never the vision tower
+# (CLIP also names its attention q_proj / k_proj / v_proj), the projector or lm_head.
+LLAVA_TARGETS = r"(?!.*vision)(.*\.)?(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class AdapterConfig:
+    """Hyper-parameters of an adapter; defaults are the papers' (r 128, alpha 256, N 8, k 2)."""
+
+    kind: str = field(default="branchlora", metadata={"help": f"adapter kind: {', '.join(KINDS)}"})
+    r: int = field(default=128, metadata={"help": "total rank (split over the N branches / E experts)"})
+    alpha: float = field(default=256.0, metadata={"help": "scale numerator: s = alpha / r"})
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter's input"})
+    n_branches: int = field(default=8, metadata={"help": "N branches (branchlora, hydralora) or E experts"})
+    top_k: int = field(default=2, metadata={"help": "branches used per routing decision (branchlora)"})
+    routing: str = field(
+        default="first",
+        metadata={"help": "router input: first (non-padding) token, mean of tokens, or per token"},
+    )
+    init: str = field(
+        default="gaussian", metadata={"help": "A init: gaussian N(0, 0.01^2) (CoIN) or kaiming (PEFT)"}
+    )
+    targets: str | list[str] = field(
+        default="llava",
+        metadata={"help": "'llava' (7 LM Linear types), a regex, or a list of module names/suffixes"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown adapter kind {self.kind!r}; valid kinds: {', '.join(KINDS)}")
+        if self.r < 1:
+            raise ValueError(f"r must be >= 1, got r={self.r}")
+        if self.kind in ("moelora", "branchlora") and self.r % self.n_branches:
+            raise ValueError(
+                f"r={self.r} is not divisible by N={self.n_branches}: each of the N branches gets rank r/N"
+            )
+        if self.kind != "lora" and not 1 <= self.top_k <= self.n_branches:
+            raise ValueError(f"top_k={self.top_k} must be between 1 and N={self.n_branches}")
+        if self.routing not in ROUTING_INPUTS:
+            raise ValueError(f"unknown routing {self.routing!r}; valid: {', '.join(ROUTING_INPUTS)}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AdapterConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown adapter config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)

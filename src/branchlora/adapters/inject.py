@@ -1,0 +1,118 @@
+"""Wiring: find target Linears, wrap them in adapters, unwrap, merge, and set the routing context."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from branchlora.adapters.base import AdapterLayer, RoutingContext
+from branchlora.adapters.branchlora import BranchLoRA
+from branchlora.adapters.config import LLAVA_TARGETS, AdapterConfig
+from branchlora.adapters.hydralora import HydraLoRA
+from branchlora.adapters.lora import LoRA
+from branchlora.adapters.moelora import MoELoRA
+
+ADAPTERS: dict[str, type[AdapterLayer]] = {cls.kind: cls for cls in (LoRA, MoELoRA, BranchLoRA, HydraLoRA)}
+
+
+def _matches(name: str, targets: str | list[str]) -> bool:
+    if isinstance(targets, str):
+        pattern = LLAVA_TARGETS if targets == "llava" else targets
+        return re.fullmatch(pattern, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def find_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
+    """Names of the nn.Linear modules that `targets` selects (a preset, a regex, or names / suffixes)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, targets)]
+    if not names:
+        raise ValueError(
+            f"targets {targets!r} match no nn.Linear module of {type(model).__name__}; "
+            f"some Linear names: {[n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:8]}"
+        )
+    return names
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def inject_adapters(model: nn.Module, config: AdapterConfig) -> list[str]:
+    """Wrap every target Linear in an adapter of `config.kind`; every layer shares one RoutingContext."""
+    if config.kind not in ADAPTERS:
+        raise ValueError(f"unknown adapter kind {config.kind!r}; valid kinds: {', '.join(ADAPTERS)}")
+    if any(True for _ in adapter_layers(model)):
+        raise ValueError("the model already holds adapters: unwrap it first")
+    context = RoutingContext()
+    names = find_targets(model, config.targets)
+    for name in names:
+        base = model.get_submodule(name)
+        layer = ADAPTERS[config.kind](base, config).train(base.training)  # keep the model's mode
+        layer.context = context
+        _set_submodule(model, name, layer)
+    model.branchlora_adapter_config = config  # read by save_adapters
+    return names
+
+
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
+    """(name, layer) for every adapter layer in the model."""
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterLayer):
+            yield name, module
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Put the original Linear modules back (updates are dropped; use `merge` to keep them)."""
+    for name, layer in list(adapter_layers(model)):
+        _set_submodule(model, name, layer.base_layer)
+    model.__dict__.pop("branchlora_adapter_config", None)
+    return model
+
+
+@torch.no_grad()
+def merge(model: nn.Module) -> nn.Module:
+    """Fold each adapter's update into W0 and unwrap; only input-independent adapters (LoRA) can."""
+    deltas = [(name, layer, layer.delta_weight()) for name, layer in adapter_layers(model)]  # all or none
+    for name, layer, delta in deltas:
+        layer.base_layer.weight += delta.to(layer.base_layer.weight.dtype)
+        _set_submodule(model, name, layer.base_layer)
+    model.__dict__.pop("branchlora_adapter_config", None)
+    return model
+
+
+@contextmanager
+def routing_context(
+    model: nn.Module,
+    task_ids: int | torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    reuse: bool = False,
+) -> Iterator[RoutingContext]:
+    """Tell every routed layer which task router to use and where the padding is, for the forwards inside.
+
+    With reuse=True (generation), the routing computed at the first forward (prefill) serves every
+    later decoding step, instead of being recomputed from the newest token.
+    """
+    layers = [layer for _, layer in adapter_layers(model)]
+    if not layers:
+        yield RoutingContext()
+        return
+    context = layers[0].context
+    saved = (context.task_ids, context.attention_mask, context.reuse)
+    context.task_ids, context.attention_mask, context.reuse = task_ids, attention_mask, reuse
+    _clear_cached_routes(layers)
+    try:
+        yield context
+    finally:
+        context.task_ids, context.attention_mask, context.reuse = saved
+        _clear_cached_routes(layers)
+
+
+def _clear_cached_routes(layers: list[AdapterLayer]) -> None:
+    for layer in layers:
+        if isinstance(layer, BranchLoRA):
+            layer._cached_route = None

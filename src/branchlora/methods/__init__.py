@@ -1,0 +1,7 @@
+"""Continual-learning methods as plug-ins of the one training loop."""
+
+from branchlora.methods import branchlora, seqft  # noqa: F401  (register the built-in methods)
+from branchlora.methods.base import Method, MethodOptions, StepContext, Task
+from branchlora.methods.registry import METHODS, get_method, register_method
+
+__all__ = ["METHODS", "Method", "MethodOptions", "StepContext", "Task", "get_method", "register_method"]

@@ -1,0 +1,111 @@
+"""The method plug-in: continual-learning behaviour as hooks on the one training loop.
+
+Every hook does nothing by default, so a method overrides only what it changes.  The loop calls, per
+task: on_task_start -> (per step: routing, extra_loss) -> on_task_end.  Extra losses travel in a
+StepContext (`ctx.add_loss(name, value)`): the loop sums and logs them; no method edits the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from branchlora.adapters import AdapterConfig, adapter_layers, inject_adapters
+from branchlora.models.parts import projector
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task as the methods see it: its position in the stream and its name."""
+
+    index: int
+    name: str
+
+
+@dataclass
+class StepContext:
+    """One training step as the hooks see it; methods add named losses, the loop sums them."""
+
+    task: Task
+    batch: dict[str, torch.Tensor]
+    outputs: Any = None
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add_loss(self, name: str, value: torch.Tensor) -> None:
+        self.losses[name] = self.losses[name] + value if name in self.losses else value
+
+
+class TaskRun(Protocol):
+    """What the loop lends a hook that needs the task's data: its batches, and a forward with routing."""
+
+    def batches(self) -> Iterable[dict[str, torch.Tensor]]: ...
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any: ...
+
+
+@dataclass
+class MethodOptions:
+    """Knobs every method has; a method's own Options dataclass extends this."""
+
+    train_projector: bool = field(default=True, metadata={"help": "train the vision-language projector"})
+
+
+class Method:
+    """Base plug-in: sequential fine-tuning of the method's adapter (plus the projector)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    adapter_defaults: ClassVar[dict] = {"kind": "lora"}
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(self, adapter: dict | None = None, options: dict | None = None) -> None:
+        self.adapter = AdapterConfig.from_dict({**self.adapter_defaults, **(adapter or {})})
+        self.options = _build_options(self.Options, options or {}, self.name)
+
+    # ---- set-up and trainability -------------------------------------------------------------------
+    def setup(self, model: nn.Module) -> None:
+        """Wrap the model's targets in this method's adapter and mark what trains."""
+        inject_adapters(model, self.adapter)
+        self.set_trainable(model)
+
+    def set_trainable(self, model: nn.Module) -> None:
+        """Freeze everything, then unfreeze the adapters (as each allows) and the projector."""
+        model.requires_grad_(False)
+        for _, layer in adapter_layers(model):
+            layer.mark_trainable()
+        proj = projector(model)
+        if proj is not None:
+            proj.requires_grad_(self.options.train_projector)
+
+    # ---- hooks (no-ops by default) -------------------------------------------------------------------
+    def on_task_start(self, model: nn.Module, task: Task) -> None:
+        """Before the first step of a task (add routers, snapshot a teacher, ...)."""
+
+    def train_task_ids(self, task: Task) -> int | None:
+        """Which task router the adapters use while training on `task` (None: the newest)."""
+        return None
+
+    def extra_loss(self, model: nn.Module, ctx: StepContext) -> None:
+        """Add regularisers with ctx.add_loss(name, value)."""
+
+    def on_task_end(self, model: nn.Module, task: Task, run: TaskRun) -> None:
+        """After the last step of a task (freeze branches, estimate a Fisher, ...)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own state beyond the model's parameters (saved with every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict returned."""
+
+
+def _build_options(cls: type, values: dict, method: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for method {method!r}; valid: {sorted(known)}")
+    return replace(cls(), **values)

@@ -1,0 +1,56 @@
+"""Parameter accounting: what a method trains on a model, counted on the meta device."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from torch import nn
+
+from branchlora.adapters import adapter_layers
+from branchlora.methods import Task, get_method
+from branchlora.models.parts import projector
+from branchlora.models.presets import LinearStack, build_meta_model
+
+
+def count_parameters(
+    model_spec: str, method_name: str, adapter: dict | None = None, options: dict | None = None
+) -> dict:
+    """{"method", "model", "tunable", "total", "by_part"} for `method_name` on `model_spec` at task 1.
+
+    The method is set up exactly as training would set it up (so what is counted as tunable is
+    what would train), on a model with no weights.
+    """
+    model = build_meta_model(model_spec)
+    adapter = dict(adapter or {})
+    if isinstance(model, LinearStack):
+        adapter.setdefault("targets", ".*")  # a plain Linear stack: wrap every Linear
+    method = get_method(method_name)(adapter, options)
+    method.setup(model)
+    method.on_task_start(model, Task(0, "task-1"))
+    return {
+        "method": method_name,
+        "model": model_spec,
+        "tunable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in model.parameters()),
+        "by_part": parts(model),
+    }
+
+
+def parts(model: nn.Module) -> dict[str, int]:
+    """Tunable parameters by part (each adapter parameter name, the projector), and the frozen rest."""
+    by_part: dict[str, int] = defaultdict(int)
+    seen: set[int] = set()
+    for _, layer in adapter_layers(model):
+        for name, p in layer.adapter_parameters().items():
+            if p.requires_grad:
+                by_part[f"adapter.{name.split('.')[0]}"] += p.numel()
+            seen.add(id(p))
+    proj = projector(model)
+    if proj is not None:
+        by_part["projector"] = sum(p.numel() for p in proj.parameters() if p.requires_grad)
+        seen.update(id(p) for p in proj.parameters())
+    by_part["frozen"] = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    by_part["other_tunable"] = sum(
+        p.numel() for p in model.parameters() if p.requires_grad and id(p) not in seen
+    )
+    return dict(by_part)

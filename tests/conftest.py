@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny random LLaVA built offline from a config (no weights, no hub)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+def build_tiny_llava(layers: int = 2, seed: int = 0):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=16, patch_size=8,
+    )  # fmt: skip
+    text = LlamaConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=layers, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=64, max_position_embeddings=128,
+    )  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=3, vision_feature_select_strategy="default"
+    )
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def tiny_llava_inputs(batch: int = 2, text_len: int = 6, seed: int = 1) -> dict[str, torch.Tensor]:
+    """BOS, 4 image tokens (16 px / patch 8, CLS dropped), then text; the first sample left-padded by 2."""
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(4, 64, (batch, text_len), generator=g)
+    image = torch.full((batch, 4), 3)
+    bos = torch.ones(batch, 1, dtype=torch.long)
+    input_ids = torch.cat([bos, image, text], dim=1)
+    mask = torch.ones_like(input_ids)
+    input_ids = torch.cat([torch.zeros(batch, 2, dtype=torch.long), input_ids], dim=1)
+    mask = torch.cat([torch.zeros(batch, 2, dtype=torch.long), mask], dim=1)
+    mask[1:, :2] = 1  # only the first sample is padded
+    input_ids[1:, :2] = 5
+    pixel_values = torch.randn(batch, 3, 16, 16, generator=g)
+    return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixel_values}
+
+
+@pytest.fixture
+def tiny_llava():
+    return build_tiny_llava()
