@@ -34,9 +34,7 @@ def reference_branchlora(layer, x, mask, routing, task_ids):
 
 
 @pytest.mark.parametrize("routing", ["first", "mean"])
-@pytest.mark.parametrize(
-    ("n", "k", "shape"), [(8, 2, (3, 5)), (4, 1, (1, 7)), (4, 4, (2, 3)), (2, 2, (4, 1))]
-)
+@pytest.mark.parametrize(("n", "k", "shape"), [(8, 2, (3, 5)), (4, 1, (1, 7)), (4, 4, (2, 3)), (2, 2, (4, 1))])
 def test_branchlora_matches_dense_reference(routing, n, k, shape):
     layer = wrap(BranchLoRA, r=4 * n, n_branches=n, top_k=k, routing=routing)
     layer.add_router()  # two task routers; samples alternate between them

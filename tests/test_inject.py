@@ -18,6 +18,7 @@ from branchlora.adapters import (
     save_adapters,
     unwrap,
 )
+
 from conftest import build_tiny_llava, tiny_llava_inputs
 
 SEVEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

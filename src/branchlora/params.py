@@ -50,7 +50,5 @@ def parts(model: nn.Module) -> dict[str, int]:
         by_part["projector"] = sum(p.numel() for p in proj.parameters() if p.requires_grad)
         seen.update(id(p) for p in proj.parameters())
     by_part["frozen"] = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    by_part["other_tunable"] = sum(
-        p.numel() for p in model.parameters() if p.requires_grad and id(p) not in seen
-    )
+    by_part["other_tunable"] = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in seen)
     return dict(by_part)

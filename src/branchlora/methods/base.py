@@ -46,6 +46,8 @@ class TaskRun(Protocol):
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any: ...
 
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
 
 @dataclass
 class MethodOptions:
@@ -61,10 +63,12 @@ class Method:
     summary: ClassVar[str] = ""
     adapter_defaults: ClassVar[dict] = {"kind": "lora"}
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    option_defaults: ClassVar[dict] = {}  # a named variant changes these, the user overrides them
+    joint: ClassVar[bool] = False  # trained once on the union of all tasks (the multi-task bound)
 
     def __init__(self, adapter: dict | None = None, options: dict | None = None) -> None:
         self.adapter = AdapterConfig.from_dict({**self.adapter_defaults, **(adapter or {})})
-        self.options = _build_options(self.Options, options or {}, self.name)
+        self.options = _build_options(self.Options, {**self.option_defaults, **(options or {})}, self.name)
 
     # ---- set-up and trainability -------------------------------------------------------------------
     def setup(self, model: nn.Module) -> None:
@@ -88,6 +92,16 @@ class Method:
     def train_task_ids(self, task: Task) -> int | None:
         """Which task router the adapters use while training on `task` (None: the newest)."""
         return None
+
+    def eval_task_ids(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], task: Task, oracle: bool = False
+    ) -> int | torch.Tensor | None:
+        """Which task router serves each test sample (None: the newest; routed methods choose)."""
+        return None
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer groups for what the method trains outside the model (e.g. task keys)."""
+        return []
 
     def extra_loss(self, model: nn.Module, ctx: StepContext) -> None:
         """Add regularisers with ctx.add_loss(name, value)."""

@@ -1,4 +1,10 @@
-"""BranchLoRA's continual lifecycle: a router per task, freezing of the most-used branches."""
+"""BranchLoRA's continual lifecycle: a router per task, freezing of the most-used branches, task keys.
+
+Per task t: add router t (and, with exhaustion="grow", k fresh branches when fewer than k are tunable);
+train with L_task + lambda * L_align; then, in one pass over the task's data, count how the router used
+the branches and freeze the k most used per layer, and fix the task's keys.  At test time the selector
+picks each sample's router from the keys, so no task id is needed.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ import torch
 from torch import nn
 
 from branchlora.adapters import BranchLoRA, adapter_layers
-from branchlora.methods.base import Method, MethodOptions, Task, TaskRun
+from branchlora.methods.base import Method, MethodOptions, StepContext, Task, TaskRun
 from branchlora.methods.registry import register_method
+from branchlora.models.parts import projector
+from branchlora.selector import align_loss, embed, prototype, select_task
 
 
 def freeze_most_active(activity: torch.Tensor, frozen: list[bool], k: int, max_frozen: int) -> list[int]:
@@ -26,7 +34,7 @@ def freeze_most_active(activity: torch.Tensor, frozen: list[bool], k: int, max_f
 
 @dataclass
 class BranchLoRAOptions(MethodOptions):
-    task_routers: bool = field(default=True, metadata={"help": "a new router per task (False: one shared)"})
+    task_routers: bool = field(default=True, metadata={"help": "a router per task + the task selector"})
     router_init: str = field(default="fresh", metadata={"help": "new router: fresh (random) or copy"})
     router_noise: float = field(default=0.0, metadata={"help": "noisy top-k: logit noise std in training"})
     freeze: bool = field(default=True, metadata={"help": "freeze the k most active branches after a task"})
@@ -34,36 +42,40 @@ class BranchLoRAOptions(MethodOptions):
     max_frozen_fraction: float = field(default=1.0, metadata={"help": "cap on the frozen share of branches"})
     exhaustion: str = field(
         default="stop",
-        metadata={
-            "help": "fewer than k tunable branches left: stop (train router, A, "
-            "projector only) or grow (add k fresh branches)"
-        },
+        metadata={"help": "fewer than k tunable branches: stop (router, A, projector train) or grow (add k)"},
     )
     freeze_a_after_first: bool = field(default=False, metadata={"help": "freeze the trunk A after task 1"})
-    freeze_projector_after_first: bool = field(
-        default=False, metadata={"help": "freeze the projector after task 1"}
-    )
+    freeze_projector_after_first: bool = field(default=False, metadata={"help": "freeze the projector after task 1"})
+    keys: str = field(default="loss", metadata={"help": "task keys: loss (L_align, the paper) or prototype"})
+    align_weight: float = field(default=1.0, metadata={"help": "lambda of L_align"})
+    key_lr: float = field(default=1e-2, metadata={"help": "learning rate of the keys (keys=loss)"})
+    stats_batches: int = field(default=0, metadata={"help": "batches of the task-end pass (0: all)"})
 
     def __post_init__(self) -> None:
-        if self.router_init not in ("fresh", "copy"):
-            raise ValueError(f"router_init must be 'fresh' or 'copy', got {self.router_init!r}")
-        if self.exhaustion not in ("stop", "grow"):
-            raise ValueError(f"exhaustion must be 'stop' or 'grow', got {self.exhaustion!r}")
+        for name, valid in (("router_init", ("fresh", "copy")), ("exhaustion", ("stop", "grow")),
+                            ("keys", ("loss", "prototype"))):  # fmt: skip
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         if not 0.0 <= self.max_frozen_fraction <= 1.0:
             raise ValueError(f"max_frozen_fraction must be in [0, 1], got {self.max_frozen_fraction}")
 
 
-@register_method(
-    "branchlora", "BranchLoRA: shared trunk A, 8 branches, top-2 routing, task routers, freezing"
-)
+@register_method("branchlora", "BranchLoRA: shared trunk A, 8 branches, top-2 routing, task routers, freezing")
 class BranchLoRAMethod(Method):
     adapter_defaults = {"kind": "branchlora"}
     Options = BranchLoRAOptions
     options: BranchLoRAOptions
 
+    def __init__(self, adapter: dict | None = None, options: dict | None = None) -> None:
+        super().__init__(adapter, options)
+        self.key_img: list[torch.Tensor] = []  # one (d_vision,) key per learned task
+        self.key_txt: list[torch.Tensor] = []
+        self._new_keys: tuple[nn.Parameter, nn.Parameter] | None = None
+
     def _layers(self, model: nn.Module) -> list[BranchLoRA]:
         return [layer for _, layer in adapter_layers(model) if isinstance(layer, BranchLoRA)]
 
+    # ---- task start: a router (and maybe branches) for the task; what trains ---------------------------
     def on_task_start(self, model: nn.Module, task: Task) -> None:
         opts = self.options
         for layer in self._layers(model):
@@ -76,32 +88,104 @@ class BranchLoRAMethod(Method):
         if task.index > 0:
             for layer in self._layers(model):
                 layer.lora_A.requires_grad_(not opts.freeze_a_after_first)
-            if opts.freeze_projector_after_first:
-                from branchlora.models.parts import projector
+            proj = projector(model)
+            if proj is not None and opts.freeze_projector_after_first:
+                proj.requires_grad_(False)
+        if opts.task_routers and opts.keys == "loss":
+            self._new_keys = self._fresh_keys(model)
 
-                proj = projector(model)
-                if proj is not None:
-                    proj.requires_grad_(False)
+    def _fresh_keys(self, model: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
+        inner = getattr(model, "model", model)
+        device = model.get_input_embeddings().weight.device
+        d_img, d_txt = inner.vision_tower.config.hidden_size, model.get_input_embeddings().embedding_dim
+        return (nn.Parameter(0.02 * torch.randn(d_img, device=device)),
+                nn.Parameter(0.02 * torch.randn(d_txt, device=device)))  # fmt: skip
 
-    def train_task_ids(self, task: Task) -> int | None:
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self._new_keys), "lr": self.options.key_lr}] if self._new_keys else []
+
+    def train_task_ids(self, task: Task) -> int:
         return task.index if self.options.task_routers else 0
 
-    def on_task_end(self, model: nn.Module, task: Task, run: TaskRun) -> None:
-        """Count how each layer's router used the branches on the task's data, then freeze the most used."""
-        if not self.options.freeze:
+    # ---- each step: L_align pulls the task's keys towards its samples --------------------------------
+    def extra_loss(self, model: nn.Module, ctx: StepContext) -> None:
+        if self._new_keys is None:
             return
+        e_img, e_txt = embed(model, ctx.batch)
+        k_img, k_txt = self._new_keys
+        ctx.add_loss("align", self.options.align_weight * (align_loss(e_img, k_img) + align_loss(e_txt, k_txt)))
+
+    # ---- task end: one pass for branch activity (and prototype keys), then freeze ----------------------
+    def on_task_end(self, model: nn.Module, task: Task, run: TaskRun) -> None:
         layers = self._layers(model)
+        want_keys = self.options.task_routers
+        embeddings: list[tuple[torch.Tensor, torch.Tensor]] = []
         for layer in layers:
             layer.activity.zero_()
-            layer.track_activity = True
+            layer.track_activity = self.options.freeze
         try:
             with torch.no_grad():
-                for batch in run.batches():
-                    run.forward(model, batch)
+                for i, batch in enumerate(run.batches()):
+                    if self.options.stats_batches and i >= self.options.stats_batches:
+                        break
+                    if self.options.freeze:
+                        run.forward(model, batch)
+                    if want_keys and self.options.keys == "prototype":
+                        embeddings.append(embed(model, batch))
         finally:
             for layer in layers:
                 layer.track_activity = False
-        k = self.options.freeze_k or self.adapter.top_k
-        for layer in layers:
-            cap = int(self.options.max_frozen_fraction * layer.n_branches)
-            layer.freeze_branches(freeze_most_active(layer.activity, layer.frozen, k, cap))
+        if self.options.freeze:
+            k = self.options.freeze_k or self.adapter.top_k
+            for layer in layers:
+                cap = int(self.options.max_frozen_fraction * layer.n_branches)
+                activity = run.mean(layer.activity)  # every process must freeze the same branches
+                layer.freeze_branches(freeze_most_active(activity, layer.frozen, k, cap))
+        if want_keys:
+            if self._new_keys is not None:
+                k_img, k_txt = (k.detach().clone() for k in self._new_keys)
+            else:
+                k_img = prototype(torch.cat([e[0] for e in embeddings]))
+                k_txt = prototype(torch.cat([e[1] for e in embeddings]))
+            self.key_img.append(run.mean(k_img))  # processes saw different shards: agree on one key
+            self.key_txt.append(run.mean(k_txt))
+            self._new_keys = None
+
+    # ---- test time: the selector picks each sample's router ----------------------------------------------
+    def eval_task_ids(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], task: Task, oracle: bool = False
+    ) -> int | torch.Tensor | None:
+        if not self.options.task_routers:
+            return 0
+        if not self.key_img:
+            return None  # nothing learned yet: the newest (untrained) router
+        if oracle:
+            return min(task.index, len(self.key_img) - 1)
+        e_img, e_txt = embed(model, batch)
+        keys = torch.stack(self.key_img).to(e_img.device), torch.stack(self.key_txt).to(e_txt.device)
+        return select_task(e_img, e_txt, *keys)
+
+    def state_dict(self) -> dict:
+        return {"key_img": [k.cpu() for k in self.key_img], "key_txt": [k.cpu() for k in self.key_txt]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.key_img, self.key_txt = list(state["key_img"]), list(state["key_txt"])
+
+
+# The paper's ablation, step by step from MoELoRA to the full method (Table: + shared A, + sparse top-k
+# routing, + freezing, + task routers).  "+ shared A" keeps MoELoRA's per-token dense routing; "+ top-k"
+# switches to the paper's sparse routing (top-2 on the first token); the full method is "branchlora".
+@register_method("branchlora-shared_a", "ablation: MoELoRA + shared A (per-token dense routing, one router)")
+class SharedA(BranchLoRAMethod):
+    adapter_defaults = {"kind": "branchlora", "routing": "token", "top_k": 8}
+    option_defaults = {"task_routers": False, "freeze": False}
+
+
+@register_method("branchlora-topk", "ablation: + sparse top-2 routing on the first token (one router)")
+class SharedATopK(BranchLoRAMethod):
+    option_defaults = {"task_routers": False, "freeze": False}
+
+
+@register_method("branchlora-freeze", "ablation: + freezing of the most-used branches (one router)")
+class SharedATopKFreeze(BranchLoRAMethod):
+    option_defaults = {"task_routers": False}

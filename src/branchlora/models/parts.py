@@ -13,7 +13,3 @@ def projector(model: nn.Module) -> nn.Module | None:
         if name.rpartition(".")[2] in PROJECTOR_NAMES:
             return module
     return None
-
-
-def count(params) -> int:
-    return sum(p.numel() for p in params)

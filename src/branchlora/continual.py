@@ -1,0 +1,170 @@
+"""One method through a task stream: train task after task, score every task after each, checkpoint.
+
+    row 0 <- evaluate(all tasks)                       (the model before any task)
+    for t in tasks:  train_task(t); row t <- evaluate(all tasks); checkpoint(t)
+
+Checkpoints (adapters, projector, method state, the matrix so far) are written to a temporary folder
+and renamed into place, so a killed run leaves only complete ones; `resume` continues after the last.
+Each task reseeds from the run's seed, so a resumed run ends with the same matrix as an unbroken one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from branchlora.adapters import load_adapters, save_adapters
+from branchlora.atomic import write_json
+from branchlora.evaluation.evaluate import EvalConfig, evaluate_task
+from branchlora.evaluation.metrics import all_metrics
+from branchlora.methods.base import Method, Task
+from branchlora.models.parts import projector
+from branchlora.selector import confusion
+from branchlora.train import TrainConfig, train_task
+
+StepCallback = Callable[[str, int, int, dict[str, float]], None]  # (phase, step, total, losses)
+
+
+@dataclass
+class StreamData:
+    """The task stream as the runner needs it: names, metrics, examples, and a collator."""
+
+    names: list[str]
+    metrics: list[str]
+    train: list[list]
+    test: list[list]
+    collator: object
+
+
+@dataclass
+class MethodResult:
+    matrix: list[list[float]] = field(default_factory=list)
+    chosen: list[list[int]] = field(default_factory=list)  # the last row's router choice per test sample
+    tunable: int = 0
+    total: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    stats: list[dict] = field(default_factory=list)
+
+    def to_json(self, n_tasks: int) -> dict:
+        out = {
+            "matrix": [[round(x, 4) for x in row] for row in self.matrix],
+            "metrics": all_metrics(self.matrix),
+            "params": {"tunable": self.tunable, "total": self.total},
+            "train_seconds": round(self.train_seconds, 2),
+            "eval_seconds": round(self.eval_seconds, 2),
+        }
+        if any(self.chosen):
+            true = [i for i, c in enumerate(self.chosen) for _ in c]
+            picked = [j for c in self.chosen for j in c]
+            right = sum(a == b for a, b in zip(true, picked, strict=True))
+            out["selector_accuracy"] = round(100.0 * right / len(true), 2)
+            out["selector_confusion"] = confusion(true, picked, n_tasks)
+        return out
+
+
+def evaluate_all(model, method, data: StreamData, config: EvalConfig, accelerator) -> tuple[list[float], list]:
+    """Score every task of the stream (trained or not): one row of the accuracy matrix."""
+    row, chosen = [], []
+    for i, (name, metric, test) in enumerate(zip(data.names, data.metrics, data.test, strict=True)):
+        result = evaluate_task(model, method, Task(i, name), test, metric, data.collator, config, accelerator)
+        row.append(result.score)
+        chosen.append(result.chosen)
+    return row, chosen
+
+
+def run_method(
+    method: Method,
+    model: nn.Module,
+    data: StreamData,
+    train_config: TrainConfig,
+    eval_config: EvalConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+    on_step: StepCallback | None = None,
+) -> MethodResult:
+    """Train `method` on the stream from `model` (a fresh copy of the base) and fill its accuracy matrix."""
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(train_config.seed)
+    method.setup(model)
+    model.to(accelerator.device)
+    result, start = MethodResult(), 0
+    if resume and (last := latest_checkpoint(out_dir)) is not None:
+        start = load_checkpoint(last, model, method, result) + 1
+    if start == 0:
+        t0 = time.perf_counter()
+        row, _ = evaluate_all(model, method, data, eval_config, accelerator)
+        result.matrix, result.eval_seconds = [row], time.perf_counter() - t0
+    tasks = [(0, "+".join(data.names), [x for t in data.train for x in t])] if method.joint else [
+        (i, name, train) for i, (name, train) in enumerate(zip(data.names, data.train, strict=True))
+    ]  # fmt: skip
+    for index, name, examples in tasks[start:]:
+        task = Task(index, name)
+        step = (lambda s, n, losses, _name=name: on_step(_name, s, n, losses)) if on_step else None
+        t0 = time.perf_counter()
+        stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step)
+        if index == 0:
+            result.tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            result.total = sum(p.numel() for p in model.parameters())
+        result.train_seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        row, result.chosen = evaluate_all(model, method, data, eval_config, accelerator)
+        result.eval_seconds += time.perf_counter() - t0
+        rows = len(data.names) if method.joint else 1  # the joint bound: one model for every row
+        result.matrix += [row] * rows
+        result.stats.append({"task": name, **stats})
+        if accelerator.is_main_process:
+            save_checkpoint(out_dir, index, model, method, result)
+    return result
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    done = sorted(out_dir.glob("task-[0-9][0-9]"))
+    return done[-1] if done else None
+
+
+def save_checkpoint(out_dir: Path, index: int, model: nn.Module, method: Method, result: MethodResult) -> Path:
+    """DIR/task-XX/: adapters, projector, method state and the matrix, renamed into place when complete."""
+    final = out_dir / f"task-{index:02d}"
+    tmp = out_dir / f".tmp-task-{index:02d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_adapters(model, tmp)
+    proj = projector(model)
+    if proj is not None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in proj.state_dict().items()}
+        save_file(tensors, str(tmp / "projector.safetensors"))
+    torch.save(method.state_dict(), tmp / "method.pt")
+    state = {"method": method.name, "task_index": index, "adapter": method.adapter.to_dict(),
+             "options": vars(method.options), "result": vars(result)}  # fmt: skip
+    write_json(tmp / "state.json", state)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def load_checkpoint(folder: Path, model: nn.Module, method: Method, result: MethodResult | None = None) -> int:
+    """Restore a checkpoint into a model set up by `method`; returns the index of its task."""
+    state = json.loads((folder / "state.json").read_text())
+    load_adapters(model, folder)
+    proj = projector(model)
+    if proj is not None and (folder / "projector.safetensors").exists():
+        device = next(proj.parameters()).device
+        proj.load_state_dict({k: v.to(device) for k, v in load_file(str(folder / "projector.safetensors")).items()})
+    method.load_state_dict(torch.load(folder / "method.pt", weights_only=True))
+    if result is not None:
+        for key, value in state["result"].items():
+            setattr(result, key, value)
+    return state["task_index"]

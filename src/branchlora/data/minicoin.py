@@ -1,0 +1,270 @@
+"""minicoin: eight procedurally generated tasks, one per CoIN task type, written in CoIN's file formats.
+
+Every task draws from the same small world (data/world.py) and reuses its vocabulary in a different
+role (a colour is an answer here, an option there, a distractor elsewhere), so learning one task in
+sequence disturbs the others: the interference continual learning is about. Deterministic from a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from branchlora.data import world
+from branchlora.data.templates import instruction
+from branchlora.data.world import COLOURS, SHAPES, WORDS, Scene
+
+GENERATOR_VERSION = 1  # bump when generated files change, so old caches are not reused
+TASKS = ("scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa")
+METRICS = {
+    "scienceqa": "option_letter",
+    "textvqa": "vqa_soft",
+    "imagenet": "contains",
+    "gqa": "exact_match",
+    "vizwiz": "exact_match",
+    "grounding": "bbox_iou",
+    "vqav2": "exact_match",
+    "ocrvqa": "exact_match",
+}
+
+
+@dataclass(frozen=True)
+class MiniCoinOptions:
+    """Everything that determines the generated files; defaults fit the CPU run's time budget."""
+
+    seed: int = 0
+    train_size: int = 300  # items per task
+    test_size: int = 50  # items per task
+    instructions: str = "original"  # or "10type"
+    image_size: int = 64  # the tiny base's resolution
+
+    def fingerprint(self) -> str:
+        """The cache folder's name: changes with any option and with the generator's version."""
+        return f"minicoin-v{GENERATOR_VERSION}-" + "-".join(f"{v}" for v in asdict(self).values())
+
+
+@dataclass
+class Item:
+    """One generated question about a scene; `human_answers` only for textvqa, `box` only for grounding."""
+
+    scene: Scene
+    instruction: str
+    answer: str
+    human_answers: list[str] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None  # normalised (x1, y1, x2, y2)
+
+
+def plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith("s") else "s")
+
+
+def scienceqa(rng: random.Random, opts: MiniCoinOptions) -> Item:
+    """Multiple choice about the one object's colour or shape, answered by a letter."""
+    scene = world.single_object(rng, opts.image_size)
+    obj = scene.shapes[0]
+    if rng.random() < 0.5:
+        question, right, pool = "Which colour is the shape?", obj.colour, list(COLOURS)
+    else:
+        question, right, pool = "Which shape is shown?", obj.shape, list(SHAPES)
+    options = [right, *rng.sample([p for p in pool if p != right], 3)]
+    rng.shuffle(options)
+    letters = "ABCD"
+    text = "\n".join(f"{letter}. {o}" for letter, o in zip(letters, options, strict=True))
+    prompt = instruction("scienceqa", opts.instructions, rng, question=question, options=text)
+    return Item(scene, prompt, letters[options.index(right)])
+
+
+def textvqa(rng: random.Random, opts: MiniCoinOptions) -> Item:
+    """Read the word; ten 'human' answers, a few of them noisy, as TextVQA has."""
+    scene = world.word_scene(rng, opts.image_size)
+    word = scene.texts[0].text
+    question = rng.choice(("What word is written in the image?", "What does the text say?"))
+    humans = [word] * 10
+    for i in rng.sample(range(10), rng.randint(0, 3)):
+        humans[i] = rng.choice((word.upper(), f"the word {word}", rng.choice(WORDS)))
+    return Item(scene, instruction("textvqa", opts.instructions, rng, question=question), word, humans)
+
+
+def imagenet(rng: random.Random, opts: MiniCoinOptions) -> Item:
+    """Name the object class (its shape), whatever its colour."""
+    scene = world.single_object(rng, opts.image_size)
+    return Item(scene, instruction("imagenet", opts.instructions, rng), scene.shapes[0].shape)
+
+
+def gqa(rng: random.Random, opts: MiniCoinOptions) -> Item:
+    """A relation between two shapes: the colour / shape of the one beside, or a yes/no about the layout."""
+    scene = world.pair_scene(rng, opts.image_size)
+    a, b = scene.shapes
+    if a.box[0] != b.box[0]:
+        relation = "left of" if a.box[0] < b.box[0] else "right of"
+        flipped = "right of" if relation == "left of" else "left of"
+    else:
+        relation = "above" if a.box[1] < b.box[1] else "below"
+        flipped = "below" if relation == "above" else "above"
+    kind = rng.randrange(3)
+    if kind == 0:
+        question, answer = f"What colour is the shape {relation} the {b.shape}?", a.colour
+    elif kind == 1:
+        question, answer = f"Which shape is {relation} the {b.colour} {b.shape}?", a.shape
+    else:
+        truth = rng.random() < 0.5
+        question = f"Is the {a.shape} {relation if truth else flipped} the {b.shape}?"
+        answer = "yes" if truth else "no"
+    return Item(scene, instruction("gqa", opts.instructions, rng, question=question), answer)
+
+
+def vizwiz(rng: random.Random, opts: MiniCoinOptions) -> Item:
+    """A colour or a word to tell, unless the photo is too blurred and dark: then 'unanswerable'."""
+    if rng.random() < 0.5:
+        scene, question = world.single_object(rng, opts.image_size), "What colour is this?"
+        answer = scene.shapes[0].colour
+    else:
+        scene, question = world.word_scene(rng, opts.image_size), "What does this say?"
+        answer = scene.texts[0].text
+    if rng.random() < 0.35:
+        scene.degraded, answer = True, "unanswerable"
+    return Item(scene, instruction("vizwiz", opts.instructions, rng, question=question), answer)
+
+
+def grounding(rng: random.Random, opts: MiniCoinOptions) -> Item:
+    """The box of a described shape, on a 4x4 grid so the answer is a few quarter values."""
+    scene = world.grid_scene(rng, opts.image_size, count=rng.randint(2, 3))
+    target = rng.choice(scene.shapes)
+    step = opts.image_size / 4
+    box = tuple(round((v + m) / step) / 4 for v, m in zip(target.box, (-2, -2, 2, 2), strict=True))  # undo the margin
+    answer = "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
+    prompt = instruction("grounding", opts.instructions, rng, question=f"the {target.colour} {target.shape}")
+    return Item(scene, prompt, answer, box=box)
+
+
+def vqav2(rng: random.Random, opts: MiniCoinOptions) -> Item:
+    """Counting ('2') or presence yes/no."""
+    scene = world.count_scene(rng, opts.image_size)
+    if rng.random() < 0.5:
+        target = scene.shapes[0].shape
+        count = sum(s.shape == target for s in scene.shapes)
+        return Item(
+            scene,
+            instruction("vqav2", opts.instructions, rng, question=f"How many {plural(target)} are there?"),
+            str(count),
+        )
+    present = {(s.colour, s.shape) for s in scene.shapes}
+    if rng.random() < 0.5:
+        colour, shape = rng.choice(sorted(present))
+    else:
+        colour, shape = rng.choice([(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present])
+    answer = "yes" if (colour, shape) in present else "no"
+    return Item(scene, instruction("vqav2", opts.instructions, rng, question=f"Is there a {colour} {shape}?"), answer)
+
+
+def ocrvqa(rng: random.Random, opts: MiniCoinOptions) -> Item:
+    """Read the title or the author line of a book cover."""
+    scene = world.book_scene(rng, opts.image_size)
+    title, author = scene.texts[0].text, scene.texts[1].text.removeprefix("by ")
+    if rng.random() < 0.5:
+        question, answer = "Who wrote this book?", author
+    else:
+        question, answer = "What is the title of this book?", title
+    return Item(scene, instruction("ocrvqa", opts.instructions, rng, question=question), answer)
+
+
+GENERATORS: dict[str, Callable[[random.Random, MiniCoinOptions], Item]] = {
+    "scienceqa": scienceqa,
+    "textvqa": textvqa,
+    "imagenet": imagenet,
+    "gqa": gqa,
+    "vizwiz": vizwiz,
+    "grounding": grounding,
+    "vqav2": vqav2,
+    "ocrvqa": ocrvqa,
+}
+
+
+def items(task: str, split: str, count: int, opts: MiniCoinOptions) -> list[Item]:
+    """`count` items of one task and split; the random stream depends only on (seed, task, split)."""
+    rng = random.Random(f"minicoin/{opts.seed}/{task}/{split}")
+    return [GENERATORS[task](rng, opts) for _ in range(count)]
+
+
+def train_record(task: str, i: int, item: Item, image: str) -> dict:
+    """LLaVA conversation format, as CoIN's train files."""
+    return {
+        "id": f"{task}-train-{i:05d}",
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": "<image>\n" + item.instruction},
+            {"from": "gpt", "value": item.answer},
+        ],
+    }
+
+
+def test_record(task: str, i: int, item: Item, image: str, size: int) -> dict:
+    """CoIN's test format; grounding carries a COCO-style pixel box [x, y, w, h] and the image size."""
+    record: dict = {"question_id": f"{task}-test-{i:05d}", "image": image, "text": item.instruction}
+    if item.box is not None:
+        x1, y1, x2, y2 = (v * size for v in item.box)
+        record |= {"answer_bbox": [x1, y1, x2 - x1, y2 - y1], "size": [size, size]}
+    else:
+        record["answer"] = item.human_answers or item.answer
+    return record
+
+
+def write_minicoin(root: Path, opts: MiniCoinOptions) -> Path:
+    """Write images, train/test JSON and benchmark.yaml under `root`; returns the YAML's path."""
+    tasks = []
+    for task in TASKS:
+        (root / "images" / task).mkdir(parents=True, exist_ok=True)
+        for split, count in (("train", opts.train_size), ("test", opts.test_size)):
+            records = []
+            for i, item in enumerate(items(task, split, count, opts)):
+                image = f"{task}/{split}{i:05d}.png"
+                world.render(item.scene).save(root / "images" / image)
+                record = (
+                    train_record(task, i, item, image)
+                    if split == "train"
+                    else test_record(task, i, item, image, opts.image_size)
+                )
+                records.append(record)
+            (root / task / f"{split}.json").parent.mkdir(exist_ok=True)
+            (root / task / f"{split}.json").write_text(json.dumps(records, indent=1) + "\n")
+        tasks.append(
+            {
+                "name": task,
+                "train": f"{task}/train.json",
+                "test": f"{task}/test.json",
+                "metric": METRICS[task],
+            }
+        )
+    spec = {"name": "minicoin", "image_root": "images", "tasks": tasks, "options": asdict(opts)}
+    (root / "benchmark.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return root / "benchmark.yaml"
+
+
+def ensure_minicoin(cache_dir: Path, **options: object) -> Path:
+    """The YAML of minicoin for `options`, generated into the cache on first use (atomically)."""
+    try:
+        opts = MiniCoinOptions(**options)  # type: ignore[arg-type]
+    except TypeError as err:
+        known = ", ".join(MiniCoinOptions.__dataclass_fields__)
+        raise TypeError(f"minicoin: {err}; known options: {known}") from None
+    final = cache_dir / "benchmarks" / opts.fingerprint()
+    if (final / "benchmark.yaml").exists():
+        return final / "benchmark.yaml"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+    try:
+        write_minicoin(tmp, opts)
+        tmp.rename(final)
+    except OSError:
+        if not (final / "benchmark.yaml").exists():  # not a lost race with another process
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final / "benchmark.yaml"

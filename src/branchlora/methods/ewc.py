@@ -1,0 +1,77 @@
+"""EWC on top of LoRA: a diagonal-Fisher penalty keeps the parameters that mattered for old tasks near
+where those tasks left them.  "separate" keeps one term per task; "online" keeps one decayed sum."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from branchlora.methods.base import Method, MethodOptions, StepContext, Task, TaskRun
+from branchlora.methods.registry import register_method
+
+Tensors = dict[str, torch.Tensor]
+
+
+def ewc_penalty(params: Tensors, anchors: Tensors, fisher: Tensors) -> torch.Tensor:
+    """sum_i F_i (theta_i - theta*_i)^2 over the named parameters (the caller applies lambda / 2)."""
+    terms = [(fisher[n] * (params[n] - anchors[n]).square()).sum() for n in fisher]
+    return torch.stack(terms).sum()
+
+
+@dataclass
+class EWCOptions(MethodOptions):
+    ewc_lambda: float = field(default=1000.0, metadata={"help": "weight lambda of (lambda/2) sum F (d theta)^2"})
+    mode: str = field(default="separate", metadata={"help": "separate (a term per task) or online"})
+    gamma: float = field(default=1.0, metadata={"help": "online mode: decay of the old Fisher"})
+    fisher_batches: int = field(default=0, metadata={"help": "batches for the Fisher (0: all)"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("separate", "online"):
+            raise ValueError(f"EWC mode must be 'separate' or 'online', got {self.mode!r}")
+
+
+@register_method("ewc", "EWC on LoRA: diagonal-Fisher penalty towards earlier tasks' parameters")
+class EWC(Method):
+    Options = EWCOptions
+    options: EWCOptions
+
+    def __init__(self, adapter: dict | None = None, options: dict | None = None) -> None:
+        super().__init__(adapter, options)
+        self.terms: list[tuple[Tensors, Tensors]] = []  # (anchors, fisher) per task, or one when online
+
+    def extra_loss(self, model: nn.Module, ctx: StepContext) -> None:
+        if not self.terms:
+            return
+        params = dict(model.named_parameters())
+        penalty = sum(ewc_penalty(params, anchors, fisher) for anchors, fisher in self.terms)
+        ctx.add_loss("ewc", 0.5 * self.options.ewc_lambda * penalty)
+
+    def on_task_end(self, model: nn.Module, task: Task, run: TaskRun) -> None:
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+        n_batches = 0
+        for i, batch in enumerate(run.batches()):
+            if self.options.fisher_batches and i >= self.options.fisher_batches:
+                break
+            model.zero_grad(set_to_none=True)
+            run.forward(model, batch).loss.backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    fisher[n] += p.grad.detach().square()
+            n_batches += 1
+        model.zero_grad(set_to_none=True)
+        fisher = {n: run.mean(f / max(n_batches, 1)) for n, f in fisher.items()}  # one Fisher for every process
+        anchors = {n: p.detach().clone() for n, p in params.items()}
+        if self.options.mode == "online" and self.terms:
+            old = self.terms[0][1]
+            fisher = {n: self.options.gamma * old[n] + f for n, f in fisher.items()}
+            self.terms = []
+        self.terms.append((anchors, fisher))
+
+    def state_dict(self) -> dict:
+        return {"terms": self.terms}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.terms = state["terms"]

@@ -1,0 +1,92 @@
+"""Load a base model by name: "tiny" (built, pre-trained and cached on first use) or any llava-hf model.
+
+Whatever the source, the result is a transformers `LlavaForConditionalGeneration` and its
+`LlavaProcessor`, so the engine has one code path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+from branchlora.data.benchmark import default_cache_dir
+from branchlora.models.pretrain import PretrainConfig, build_tokenizer, pretrain
+from branchlora.models.tiny import TinyConfig, build_model, build_processor, fingerprint
+
+INFO_FILE = "base_info.json"
+INFO_ATTR = "branchlora_base_info"
+
+
+def load_base(
+    name: str = "tiny",
+    *,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    tiny: TinyConfig | None = None,
+    pretraining: PretrainConfig | None = None,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """(model, processor) for "tiny" or a Hugging Face id / local directory; see `base_info` for the report."""
+    if name != "tiny":
+        model = LlavaForConditionalGeneration.from_pretrained(name)
+        processor = LlavaProcessor.from_pretrained(name)
+        setattr(model, INFO_ATTR, {"name": str(name), "pretrain_seconds": 0.0, "caption_loss": None})
+        return model.eval(), processor
+    tiny, pretraining = tiny or TinyConfig(), pretraining or PretrainConfig()
+    folder = Path(cache_dir or default_cache_dir()) / "models" / f"tiny-{fingerprint(tiny, pretraining, seed=seed)}"
+    built = not (folder / INFO_FILE).exists()
+    if built:
+        build_tiny(folder, tiny, pretraining, seed=seed, progress=progress)
+    model = LlavaForConditionalGeneration.from_pretrained(folder)
+    processor = LlavaProcessor.from_pretrained(folder)
+    info = json.loads((folder / INFO_FILE).read_text())
+    if not built:
+        info["pretrain_seconds"] = 0.0  # this run paid nothing for the base
+    setattr(model, INFO_ATTR, info)
+    return model.eval(), processor
+
+
+def base_info(model: LlavaForConditionalGeneration) -> dict:
+    """{"name", "pretrain_seconds" (0 when loaded from the cache or the hub), "caption_loss" (None off-tiny)},
+    plus for the tiny base "params", "seed" and its configs, as `load_base` recorded them."""
+    return dict(getattr(model, INFO_ATTR, {"name": "unknown", "pretrain_seconds": 0.0, "caption_loss": None}))
+
+
+def build_tiny(folder: Path, tiny: TinyConfig, pretraining: PretrainConfig, *, seed: int, progress: bool) -> None:
+    """Train the tokenizer, build and pre-train the model, and move the result into `folder` atomically."""
+    tokenizer = build_tokenizer(seed, pretraining, tiny.vocab_size, tiny.image_size)
+    model, processor = build_model(tiny, tokenizer, seed=seed), build_processor(tiny, tokenizer)
+    report = pretrain(model, processor, pretraining, seed=seed, progress=progress)
+    info = {
+        "name": "tiny",
+        "pretrain_seconds": round(report["pretrain_seconds"], 1),
+        "caption_loss": round(report["caption_loss"], 4),
+        "loss_curve": loss_curve(report["losses"]),
+        "params": sum(p.numel() for p in model.parameters()),
+        "seed": seed,
+        "tiny": asdict(tiny),
+        "pretraining": asdict(pretraining),
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / INFO_FILE).exists():  # not a lost race with another process
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def loss_curve(losses: list[float], points: int = 20) -> list[float]:
+    """The training loss averaged into at most `points` equal chunks: enough to see it fall."""
+    chunk = max(1, -(-len(losses) // points))  # ceiling division
+    return [round(sum(losses[i : i + chunk]) / len(losses[i : i + chunk]), 4) for i in range(0, len(losses), chunk)]

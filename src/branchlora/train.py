@@ -1,0 +1,141 @@
+"""The one training loop, used by every method: Accelerate, a fresh AdamW per task, warmup + cosine.
+
+A method changes behaviour only through its hooks (see methods/base.py): which router the adapters
+use, extra losses added to a StepContext, extra parameter groups, and what happens at task start / end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import get_cosine_schedule_with_warmup
+
+from branchlora.adapters import routing_context
+from branchlora.batch import model_inputs
+from branchlora.methods.base import Method, StepContext, Task
+from branchlora.models.parts import projector
+
+
+@dataclass
+class TrainConfig:
+    """How each task is trained (the CoIN recipe's defaults where they fit a tiny model)."""
+
+    epochs: float = field(default=1.0, metadata={"help": "passes over each task's training data"})
+    max_steps: int = field(default=0, metadata={"help": "optimizer steps per task (0: from epochs)"})
+    batch_size: int = field(default=8, metadata={"help": "samples per forward, per process"})
+    grad_accum: int = field(default=1, metadata={"help": "forwards per optimizer step"})
+    lr: float = field(default=2e-4, metadata={"help": "learning rate of the adapters"})
+    projector_lr: float = field(default=2e-5, metadata={"help": "learning rate of the projector"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "share of steps for linear warmup"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no or bf16 (GPU)"})
+    seed: int = field(default=0, metadata={"help": "seed; each task reseeds from it, so resume is exact"})
+
+
+def forward(model: nn.Module, batch: dict[str, torch.Tensor], task_ids: Any, accelerator: Accelerator) -> Any:
+    """A model forward with the routing context of this batch (task router, padding)."""
+    with routing_context(model, task_ids=task_ids, attention_mask=batch["attention_mask"]), accelerator.autocast():
+        return model(**model_inputs(batch))
+
+
+@dataclass
+class TaskRunner:
+    """What a method's task-end hook may use: the task's batches (in order) and a routed forward."""
+
+    examples: Sequence
+    collate: Callable[[list], dict[str, torch.Tensor]]
+    task_ids: Any
+    accelerator: Accelerator
+    batch_size: int
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        loader = DataLoader(self.examples, batch_size=self.batch_size, collate_fn=self.collate)
+        yield from self.accelerator.prepare_data_loader(loader)
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        return forward(model, batch, self.task_ids, self.accelerator)
+
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean over processes of a statistic each computed on its shard (identity on one process)."""
+        return self.accelerator.reduce(tensor, reduction="mean") if self.accelerator.num_processes > 1 else tensor
+
+
+def make_accelerator(config: TrainConfig, cpu: bool) -> Accelerator:
+    # Branches a step's routing did not choose get no gradient: DDP must allow unused parameters.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+
+
+def param_groups(model: nn.Module, method: Method, config: TrainConfig) -> list[dict]:
+    """Adapters at lr, the projector at projector_lr, and whatever the method trains beside the model."""
+    proj = projector(model)
+    proj_params = [p for p in proj.parameters() if p.requires_grad] if proj is not None else []
+    proj_ids = {id(p) for p in proj_params}
+    adapters = [p for p in model.parameters() if p.requires_grad and id(p) not in proj_ids]
+    groups = [{"params": adapters, "lr": config.lr}, {"params": proj_params, "lr": config.projector_lr}]
+    return [g for g in groups + method.param_groups(config.lr) if g["params"]]
+
+
+def train_task(
+    model: nn.Module,
+    method: Method,
+    task: Task,
+    examples: Sequence,
+    collate: Callable[[list], dict[str, torch.Tensor]],
+    config: TrainConfig,
+    accelerator: Accelerator,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Train one task: a fresh optimizer and schedule, the method's losses, gradient accumulation."""
+    set_seed(config.seed * 1000 + task.index)  # the task's randomness depends on nothing before it
+    method.on_task_start(model, task)
+    groups = param_groups(model, method, config)
+    generator = torch.Generator().manual_seed(config.seed * 1000 + task.index)
+    loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    updates = config.max_steps or max(1, math.ceil(config.epochs * len(loader) / config.grad_accum))
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
+    wrapped = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
+    optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
+    accelerator.gradient_accumulation_steps = config.grad_accum
+    task_ids = method.train_task_ids(task)
+    # Clip the model's gradients only: they are the ones DDP keeps equal on every process.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    step, start, last = 0, time.perf_counter(), {}
+    while step < updates:
+        for batch in loader:
+            with accelerator.accumulate(wrapped):
+                ctx = StepContext(task, batch)
+                ctx.outputs = forward(wrapped, batch, task_ids, accelerator)
+                ctx.add_loss("task", ctx.outputs.loss)
+                method.extra_loss(model, ctx)
+                loss = sum(ctx.losses.values())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                step += 1
+                last = {name: value.item() for name, value in ctx.losses.items()}
+                if on_step is not None:
+                    on_step(step, updates, last)
+                if step >= updates:
+                    break
+    model.eval()
+    runner = TaskRunner(examples, collate, task_ids, accelerator, config.batch_size)
+    method.on_task_end(model, task, runner)
+    accelerator.free_memory()
+    return {"steps": step, "seconds": time.perf_counter() - start, **{f"loss_{k}": v for k, v in last.items()}}

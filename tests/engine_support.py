@@ -1,0 +1,52 @@
+"""A micro base model and toy task streams for the engine's tests (importable by subprocess scripts too)."""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from branchlora.continual import StreamData
+from branchlora.data.benchmark import TestExample, TrainExample
+from branchlora.data.collate import Collator
+from branchlora.models.loading import load_base
+from branchlora.models.pretrain import PretrainConfig
+from branchlora.models.tiny import TinyConfig
+
+MICRO = TinyConfig(vision_hidden=32, vision_layers=1, hidden=64, layers=2, heads=2, intermediate=128, vocab_size=400)
+MICRO_PRETRAIN = PretrainConfig(steps=20, batch_size=4, lr=3e-3, warmup=5, tokenizer_texts=200, heldout=4)
+ADAPTER = {"r": 8, "alpha": 16, "n_branches": 4, "top_k": 2}
+LORA = {"r": 8, "alpha": 16}
+
+# Three trivially different tasks: distinct image colours, instructions and answers.
+TOY = [
+    ("colour", (220, 30, 30), "What colour fills the picture?", "red"),
+    ("count", (240, 240, 240), "How many dots are drawn here?", "two"),
+    ("shape", (30, 30, 200), "Name the shape in the middle.", "circle"),
+]
+
+
+def micro_base(cache: Path):
+    return load_base("tiny", cache_dir=cache, tiny=MICRO, pretraining=MICRO_PRETRAIN, progress=False)
+
+
+def toy_stream(folder: Path, processor, n_train: int = 16, n_test: int = 4, seed: int = 0) -> StreamData:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test = [], []
+    for name, colour, instruction, answer in TOY:
+        paths = []
+        for i in range(n_train + n_test):
+            jitter = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in colour)
+            path = folder / f"{name}-{i}.png"
+            Image.new("RGB", (64, 64), jitter).save(path)
+            paths.append(path)
+        train.append([TrainExample(p, instruction, answer) for p in paths[:n_train]])
+        test.append([TestExample(f"{name}-{i}", p, instruction, answer) for i, p in enumerate(paths[n_train:])])
+    return StreamData([t[0] for t in TOY], ["exact_match"] * 3, train, test, Collator(processor))
+
+
+def fresh(model):
+    return copy.deepcopy(model)

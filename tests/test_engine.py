@@ -1,0 +1,165 @@
+"""The continual engine on a micro model and toy tasks: lifecycle, selector, resume, regularisers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from branchlora.adapters import BranchLoRA, adapter_layers
+from branchlora.continual import load_checkpoint, run_method
+from branchlora.evaluation.evaluate import EvalConfig
+from branchlora.methods import Task, get_method
+from branchlora.methods.branchlora import freeze_most_active
+from branchlora.methods.ewc import ewc_penalty
+from branchlora.methods.lwf import distillation_loss
+from branchlora.train import TrainConfig
+
+from engine_support import ADAPTER, LORA, fresh, micro_base, toy_stream
+
+TRAIN = TrainConfig(max_steps=4, batch_size=4, lr=5e-3)
+EVAL = EvalConfig(batch_size=8, max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    model, processor = micro_base(cache)
+    stream = toy_stream(tmp_path_factory.mktemp("toy"), processor)
+    return cache, model, stream
+
+
+def run(base, name, out, train=TRAIN, options=None, **kw):
+    method = get_method(name)(ADAPTER if name.startswith(("branch", "hydra", "moe")) else LORA, options)
+    model = fresh(base[1])
+    return method, model, run_method(method, model, base[2], train, EVAL, out, **kw)
+
+
+def test_freeze_most_active_rule():
+    activity = torch.tensor([0.5, 3.0, 0.0, 2.0, 1.0])
+    assert freeze_most_active(activity, [False] * 5, k=2, max_frozen=5) == [1, 3]
+    assert freeze_most_active(activity, [False, True, False, False, False], k=2, max_frozen=5) == [3]
+    assert freeze_most_active(activity, [False, False, False, False, True], k=2, max_frozen=2) == [1]
+    assert freeze_most_active(torch.tensor([0.0, 2.0, 0.0]), [False] * 3, k=2, max_frozen=3) == [1]  # unused: kept
+
+
+def test_branchlora_lifecycle_keeps_old_state_bit_identical(base, tmp_path):
+    method, model, result = run(base, "branchlora", tmp_path)
+    first = load_file(str(tmp_path / "task-00" / "adapters.safetensors"))  # the adapters after task 1
+    frozen_first = json.loads((tmp_path / "task-00" / "adapters.json").read_text())["layers"]
+    keys_first = torch.load(tmp_path / "task-00" / "method.pt")
+    for name, layer in adapter_layers(model):
+        assert isinstance(layer, BranchLoRA) and layer.n_routers == 3
+        final = {k: v.cpu() for k, v in layer.state_dict().items()}
+        assert torch.equal(first[f"{name}.routers.0"], final["routers.0"])  # task 1's router
+        assert len(frozen_first[name]["frozen"]) == 2  # k = 2 most active branches frozen after task 1
+        for i in frozen_first[name]["frozen"]:  # ... and untouched by tasks 2 and 3
+            assert torch.equal(first[f"{name}.lora_B.{i}"], final[f"lora_B.{i}"]), (name, i)
+        assert not torch.equal(first[f"{name}.lora_A"], final["lora_A"])  # the trunk trains on
+    assert torch.equal(keys_first["key_img"][0], method.key_img[0].cpu())
+    assert torch.equal(keys_first["key_txt"][0], method.key_txt[0].cpu())
+    assert len(result.matrix) == 4 and all(len(row) == 3 for row in result.matrix)
+
+
+@pytest.mark.parametrize("keys", ["prototype", "loss"])
+def test_selector_is_right_on_trivially_different_tasks(base, tmp_path, keys):
+    train = TrainConfig(max_steps=12, batch_size=4, lr=5e-3)
+    _, _, result = run(base, "branchlora", tmp_path, train=train, options={"keys": keys})
+    assert result.to_json(3)["selector_accuracy"] == 100.0
+    assert result.to_json(3)["selector_confusion"] == [[4, 0, 0], [0, 4, 0], [0, 0, 4]]
+
+
+@pytest.mark.parametrize(("policy", "branches", "tunable"), [("stop", 4, 1), ("grow", 6, 3)])
+def test_exhaustion_policy_when_fewer_than_k_branches_are_tunable(base, policy, branches, tunable):
+    method = get_method("branchlora")(ADAPTER, {"exhaustion": policy})
+    model = fresh(base[1])
+    method.setup(model)
+    for _, layer in adapter_layers(model):
+        layer.freeze_branches([0, 1, 2])  # one of N = 4 left, fewer than k = 2
+    method.on_task_start(model, Task(1, "next"))
+    for _, layer in adapter_layers(model):
+        assert layer.n_branches == branches and layer.routers[1].shape[0] == branches
+        assert sum(b.requires_grad for b in layer.lora_B) == tunable
+        assert layer.routers[1].requires_grad and not layer.routers[0].requires_grad
+
+
+def test_frozen_share_is_capped(base, tmp_path):
+    _, model, _ = run(base, "branchlora", tmp_path, options={"max_frozen_fraction": 0.5})
+    assert all(sum(layer.frozen) == 2 for _, layer in adapter_layers(model))
+
+
+@pytest.mark.parametrize("name", ["lora", "moelora", "hydralora", "ewc", "lwf", "branchlora-shared_a", "multitask"])
+def test_every_method_fills_the_matrix(base, tmp_path, name):
+    _, _, result = run(base, name, tmp_path)
+    assert len(result.matrix) == 4 and all(0 <= x <= 100 for row in result.matrix for x in row)
+    assert result.tunable > 0 and result.train_seconds > 0
+
+
+def test_training_learns_a_toy_task(base, tmp_path):
+    train = TrainConfig(max_steps=30, batch_size=8, lr=1e-2)
+    _, _, result = run(base, "lora", tmp_path, train=train)
+    assert result.matrix[0][0] == 0.0 and result.matrix[1][0] == 100.0, result.matrix
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from engine_support import ADAPTER, micro_base, toy_stream
+    from branchlora.continual import run_method
+    from branchlora.evaluation.evaluate import EvalConfig
+    from branchlora.methods import Task, get_method
+    from branchlora.train import TrainConfig
+    import torch
+    torch.set_num_threads(2)
+    cache, toy, out = map(Path, sys.argv[1:4])
+    model, processor = micro_base(cache)
+    def kill(task, step, total, losses):
+        if task == "count" and step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    run_method(get_method("branchlora")(ADAPTER), model, toy_stream(toy, processor), TrainConfig(max_steps=4,
+               batch_size=4, lr=5e-3), EvalConfig(batch_size=8, max_new_tokens=4), out, on_step=kill)
+    """
+)
+
+
+def test_sigkill_and_resume_reproduce_the_uninterrupted_matrix(base, tmp_path):
+    cache = base[0]
+    script = tmp_path / "killed.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run([sys.executable, str(script), cache, tmp_path / "toy", tmp_path / "run"], env=env)
+    assert done.returncode == -signal.SIGKILL
+    assert (tmp_path / "run" / "task-00").is_dir() and not (tmp_path / "run" / "task-01").exists()
+    model, processor = micro_base(cache)
+    stream = toy_stream(tmp_path / "toy", processor)
+    resumed = run_method(get_method("branchlora")(ADAPTER), model, stream, TRAIN, EVAL, tmp_path / "run", resume=True)
+    model, _ = micro_base(cache)
+    straight = run_method(get_method("branchlora")(ADAPTER), model, stream, TRAIN, EVAL, tmp_path / "straight")
+    assert resumed.matrix == straight.matrix
+    fresh_model, _ = micro_base(cache)
+    method = get_method("branchlora")(ADAPTER)
+    method.setup(fresh_model)
+    assert load_checkpoint(tmp_path / "run" / "task-02", fresh_model, method) == 2
+
+
+def test_ewc_penalty_is_zero_at_the_anchor_and_grows():
+    anchors = {"w": torch.tensor([1.0, -2.0])}
+    fisher = {"w": torch.tensor([0.5, 2.0])}
+    assert ewc_penalty({"w": anchors["w"].clone()}, anchors, fisher) == 0
+    near = ewc_penalty({"w": torch.tensor([1.1, -2.0])}, anchors, fisher)
+    far = ewc_penalty({"w": torch.tensor([2.0, -2.0])}, anchors, fisher)
+    assert 0 < near < far and far == pytest.approx(0.5)
+
+
+def test_lwf_term_is_zero_when_student_equals_teacher():
+    logits = torch.randn(2, 5, 11)
+    mask = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    assert distillation_loss(logits, logits.clone(), mask, 2.0).abs() < 1e-6
+    assert distillation_loss(logits, torch.randn(2, 5, 11), mask, 2.0) > 0

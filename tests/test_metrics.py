@@ -1,0 +1,35 @@
+"""Metrics against matrices worked out by hand."""
+
+import pytest
+
+from branchlora.evaluation.metrics import acc, all_metrics, bwt, forgetting, fwt, maa, mft
+
+# 3 tasks; row 0 is the base model.
+R = [
+    [10.0, 20.0, 5.0],
+    [80.0, 30.0, 10.0],
+    [60.0, 90.0, 20.0],
+    [40.0, 70.0, 70.0],
+]
+
+
+def test_hand_computed_values():
+    assert acc(R) == pytest.approx((40 + 70 + 70) / 3)
+    assert maa(R) == pytest.approx((80 + (60 + 90) / 2 + (40 + 70 + 70) / 3) / 3)
+    assert bwt(R) == pytest.approx(((40 - 80) + (70 - 90)) / 2)
+    assert mft(R) == pytest.approx((80 + 90 + 70) / 3)
+    assert fwt(R) == pytest.approx(((30 - 20) + (20 - 5)) / 2)
+    # task 1: best of R1, R2 = 80 -> 40; task 2: best of R2 = 90 -> 70
+    assert forgetting(R) == pytest.approx((40 + 20) / 2)
+
+
+def test_no_forgetting_and_single_task():
+    perfect = [[0.0, 0.0], [100.0, 0.0], [100.0, 100.0]]
+    assert all_metrics(perfect) == {"acc": 100, "maa": 100, "bwt": 0, "mft": 100, "fwt": 0, "forgetting": 0}
+    one = [[5.0], [50.0]]
+    assert (acc(one), bwt(one), fwt(one), forgetting(one)) == (50.0, 0.0, 0.0, 0.0)
+
+
+def test_bad_shape_is_named():
+    with pytest.raises(ValueError, match="T \\+ 1 rows of T scores, got 2 rows"):
+        acc([[1.0, 2.0], [3.0, 4.0]])
