@@ -6,7 +6,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: a second thread costs more than it gives
 
 
 def build_tiny_llava(layers: int = 2, seed: int = 0):

@@ -117,7 +117,7 @@ RESUME_SCRIPT = textwrap.dedent(
     from branchlora.methods import Task, get_method
     from branchlora.train import TrainConfig
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     cache, toy, out = map(Path, sys.argv[1:4])
     model, processor = micro_base(cache)
     def kill(task, step, total, losses):

@@ -94,6 +94,7 @@ def run_method(
     resume: bool = False,
     accelerator: Accelerator | None = None,
     on_step: StepCallback | None = None,
+    checkpoint_info: dict | None = None,
 ) -> MethodResult:
     """Train `method` on the stream from `model` (a fresh copy of the base) and fill its accuracy matrix."""
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
@@ -126,7 +127,7 @@ def run_method(
         result.matrix += [row] * rows
         result.stats.append({"task": name, **stats})
         if accelerator.is_main_process:
-            save_checkpoint(out_dir, index, model, method, result)
+            save_checkpoint(out_dir, index, model, method, result, checkpoint_info or {})
     return result
 
 
@@ -135,8 +136,12 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(out_dir: Path, index: int, model: nn.Module, method: Method, result: MethodResult) -> Path:
-    """DIR/task-XX/: adapters, projector, method state and the matrix, renamed into place when complete."""
+def save_checkpoint(
+    out_dir: Path, index: int, model: nn.Module, method: Method, result: MethodResult, info: dict
+) -> Path:
+    """DIR/task-XX/: adapters, projector, method state and the matrix, renamed into place when complete.
+
+    `info` is what a later `predict` needs to rebuild the model (the base's name, the task names)."""
     final = out_dir / f"task-{index:02d}"
     tmp = out_dir / f".tmp-task-{index:02d}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -148,7 +153,7 @@ def save_checkpoint(out_dir: Path, index: int, model: nn.Module, method: Method,
         save_file(tensors, str(tmp / "projector.safetensors"))
     torch.save(method.state_dict(), tmp / "method.pt")
     state = {"method": method.name, "task_index": index, "adapter": method.adapter.to_dict(),
-             "options": vars(method.options), "result": vars(result)}  # fmt: skip
+             "options": vars(method.options), "result": vars(result), **info}  # fmt: skip
     write_json(tmp / "state.json", state)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

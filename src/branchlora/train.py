@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
-from branchlora.adapters import routing_context
+from branchlora.adapters import adapter_layers, routing_context
 from branchlora.batch import model_inputs
 from branchlora.methods.base import Method, StepContext, Task
 from branchlora.models.parts import projector
@@ -79,7 +79,10 @@ def make_accelerator(config: TrainConfig, cpu: bool) -> Accelerator:
 def param_groups(model: nn.Module, method: Method, config: TrainConfig) -> list[dict]:
     """Adapters at lr, the projector at projector_lr, and whatever the method trains beside the model."""
     proj = projector(model)
-    proj_params = [p for p in proj.parameters() if p.requires_grad] if proj is not None else []
+    # Adapters that wrap the projector's own Linears (LiLoRA) train at the adapters' lr.
+    adapter_ids = {id(p) for _, layer in adapter_layers(model) for p in layer.adapter_parameters().values()}
+    proj_all = list(proj.parameters()) if proj is not None else []
+    proj_params = [p for p in proj_all if p.requires_grad and id(p) not in adapter_ids]
     proj_ids = {id(p) for p in proj_params}
     adapters = [p for p in model.parameters() if p.requires_grad and id(p) not in proj_ids]
     groups = [{"params": adapters, "lr": config.lr}, {"params": proj_params, "lr": config.projector_lr}]
@@ -105,8 +108,11 @@ def train_task(
     updates = config.max_steps or max(1, math.ceil(config.epochs * len(loader) / config.grad_accum))
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
-    wrapped = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
-    optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
+    if accelerator.distributed_type == DistributedType.NO:  # one process: the model needs no wrapper
+        wrapped = model
+        optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
+    else:  # DDP, or DeepSpeed ZeRO-2 from `accelerate launch --config_file ...`: model and optimizer together
+        wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.gradient_accumulation_steps = config.grad_accum
     task_ids = method.train_task_ids(task)
     # Clip the model's gradients only: they are the ones DDP keeps equal on every process.

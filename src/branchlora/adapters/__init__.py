@@ -14,8 +14,10 @@ from branchlora.adapters.inject import (
     unwrap,
 )
 from branchlora.adapters.io import load_adapters, save_adapters
+from branchlora.adapters.lilora import LiLoRA
 from branchlora.adapters.lora import LoRA
 from branchlora.adapters.moelora import MoELoRA
+from branchlora.adapters.proglora import ProgLoRA, TaskAllocator
 
 __all__ = [
     "ADAPTERS",
@@ -23,9 +25,12 @@ __all__ = [
     "AdapterLayer",
     "BranchLoRA",
     "HydraLoRA",
+    "LiLoRA",
     "LoRA",
     "MoELoRA",
+    "ProgLoRA",
     "RoutingContext",
+    "TaskAllocator",
     "adapter_layers",
     "find_targets",
     "inject_adapters",

@@ -149,16 +149,18 @@ class BranchLoRA(AdapterLayer):
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # a bare (B, d_in) input: every row is its own one-token sequence
             return self.add_delta(out.unsqueeze(1), x.unsqueeze(1)).squeeze(1)
-        z = self.dropout(x) @ self.lora_A.t()  # (B, L, r/N)
+        xd, keep = self.dropout_input(x)
+        z = xd @ self.lora_A.t()  # (B, L, r/N)
         if self.routing == "token":
             idx, w = self.route(x)  # (B, L, k) each
             gates = torch.zeros(*idx.shape[:-1], self.n_branches, dtype=w.dtype, device=w.device)
             gates = gates.scatter(-1, idx, w)  # (B, L, N), zero outside the top-k
             z = (gates.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)  # (B, L, N * r/N)
-            return flat_addmm(out, z, torch.cat(tuple(self.lora_B), dim=1), self.scale)
+            return flat_addmm(out, z, torch.cat(tuple(self.lora_B), dim=1), self.scale * keep)
         idx, w = self._sequence_route(x)  # (B, k) each
-        b_eff = self.effective_b(idx, w)  # (B, d_out, r/N)
-        return torch.baddbmm(out, z, b_eff.transpose(1, 2), alpha=self.scale)
+        b_eff = self.effective_b(idx, w).to(out.dtype)  # (B, d_out, r/N)
+        # One batched matmul accumulated into the base output in place: rank r/N, no delta tensor.
+        return out.baddbmm_(z.to(out.dtype), b_eff.transpose(1, 2), alpha=self.scale * keep)  # (B, L, d_out)
 
     def _sequence_route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One routing decision per sequence; cached at prefill when the context asks for reuse."""

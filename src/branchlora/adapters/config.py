@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-KINDS = ("lora", "moelora", "branchlora", "hydralora")
+KINDS = ("lora", "moelora", "branchlora", "hydralora", "proglora", "lilora")
 ROUTING_INPUTS = ("first", "mean", "token")
 INITS = ("gaussian", "kaiming")
 # LLaVA-style preset: the seven Linear types of every language-model layer; never the vision tower
@@ -26,9 +26,8 @@ class AdapterConfig:
         default="first",
         metadata={"help": "router input: first (non-padding) token, mean of tokens, or per token"},
     )
-    init: str = field(
-        default="gaussian", metadata={"help": "A init: gaussian N(0, 0.01^2) (CoIN) or kaiming (PEFT)"}
-    )
+    sub_rank: int = field(default=64, metadata={"help": "s_r of LiLoRA's per-task P (d_out x s_r) Q (s_r x r)"})
+    init: str = field(default="gaussian", metadata={"help": "A init: gaussian N(0, 0.01^2) (CoIN) or kaiming (PEFT)"})
     targets: str | list[str] = field(
         default="llava",
         metadata={"help": "'llava' (7 LM Linear types), a regex, or a list of module names/suffixes"},
@@ -45,6 +44,8 @@ class AdapterConfig:
             )
         if self.kind != "lora" and not 1 <= self.top_k <= self.n_branches:
             raise ValueError(f"top_k={self.top_k} must be between 1 and N={self.n_branches}")
+        if self.sub_rank < 1:
+            raise ValueError(f"sub_rank must be >= 1, got {self.sub_rank}")
         if self.routing not in ROUTING_INPUTS:
             raise ValueError(f"unknown routing {self.routing!r}; valid: {', '.join(ROUTING_INPUTS)}")
         if self.init not in INITS:

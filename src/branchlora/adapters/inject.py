@@ -13,10 +13,14 @@ from branchlora.adapters.base import AdapterLayer, RoutingContext
 from branchlora.adapters.branchlora import BranchLoRA
 from branchlora.adapters.config import LLAVA_TARGETS, AdapterConfig
 from branchlora.adapters.hydralora import HydraLoRA
+from branchlora.adapters.lilora import LiLoRA
 from branchlora.adapters.lora import LoRA
 from branchlora.adapters.moelora import MoELoRA
+from branchlora.adapters.proglora import ProgLoRA
 
-ADAPTERS: dict[str, type[AdapterLayer]] = {cls.kind: cls for cls in (LoRA, MoELoRA, BranchLoRA, HydraLoRA)}
+ADAPTERS: dict[str, type[AdapterLayer]] = {
+    cls.kind: cls for cls in (LoRA, MoELoRA, BranchLoRA, HydraLoRA, ProgLoRA, LiLoRA)
+}
 
 
 def _matches(name: str, targets: str | list[str]) -> bool:
@@ -102,13 +106,14 @@ def routing_context(
         yield RoutingContext()
         return
     context = layers[0].context
-    saved = (context.task_ids, context.attention_mask, context.reuse)
+    saved = (context.task_ids, context.attention_mask, context.reuse, context.allocation)
     context.task_ids, context.attention_mask, context.reuse = task_ids, attention_mask, reuse
+    context.allocation = None  # an allocator (ProgLoRA) fills it at the first forward inside
     _clear_cached_routes(layers)
     try:
         yield context
     finally:
-        context.task_ids, context.attention_mask, context.reuse = saved
+        context.task_ids, context.attention_mask, context.reuse, context.allocation = saved
         _clear_cached_routes(layers)
 
 

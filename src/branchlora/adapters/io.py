@@ -60,9 +60,7 @@ def load_adapters(model: nn.Module, directory: str | Path) -> None:
     if current is None:
         inject_adapters(model, config)
     elif current.kind != config.kind:
-        raise ValueError(
-            f"{directory} holds {config.kind!r} adapters but the model has {current.kind!r} ones"
-        )
+        raise ValueError(f"{directory} holds {config.kind!r} adapters but the model has {current.kind!r} ones")
     layers = dict(adapter_layers(model))
     if set(layers) != set(structure):
         missing = sorted(set(structure) ^ set(layers))[:5]

@@ -21,8 +21,9 @@ class LoRA(AdapterLayer):
         init_down(self.lora_A, config.init)
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        z = self.dropout(x) @ self.lora_A.t()  # (..., r)
-        return flat_addmm(out, z, self.lora_B, self.scale)
+        x, keep = self.dropout_input(x)
+        z = x @ self.lora_A.t()  # (..., r)
+        return flat_addmm(out, z, self.lora_B, self.scale * keep)
 
     def delta_weight(self) -> torch.Tensor:
         return self.scale * self.lora_B @ self.lora_A  # (d_out, d_in)

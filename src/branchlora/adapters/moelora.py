@@ -30,6 +30,7 @@ class MoELoRA(AdapterLayer):
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         gates = torch.softmax(self.router(x), dim=-1)  # (..., E)
-        z = self.dropout(x) @ self.lora_A.t()  # (..., E * r/E)
+        x, keep = self.dropout_input(x)
+        z = x @ self.lora_A.t()  # (..., E * r/E)
         z = z * gates.repeat_interleave(self.expert_rank, dim=-1)  # expert i's chunk scaled by g_i
-        return flat_addmm(out, z, self.lora_B, self.scale)
+        return flat_addmm(out, z, self.lora_B, self.scale * keep)

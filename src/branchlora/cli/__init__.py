@@ -2,7 +2,7 @@
 
 import typer
 
-from branchlora.cli import params, run
+from branchlora.cli import bench, evaluate, params, predict, run
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -10,5 +10,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Multimodal continual instruction tuning: BranchLoRA and the methods it competes with.",
 )
+app.command("bench")(bench.bench)
 app.command("params")(params.params)
 app.command("run")(run.run)
+app.command("predict")(predict.predict)
+app.command("evaluate")(evaluate.evaluate)

@@ -1,14 +1,66 @@
-"""`branchlora run`: train and evaluate methods on a benchmark (the engine lands with the run issue)."""
+"""`branchlora run`: train methods on a task stream, then print and write the results."""
 
 from __future__ import annotations
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from branchlora.cli.errors import user_errors
+from branchlora.config import load_config, parse_override
 
 
-def run() -> None:
-    """Train methods on a task stream and report the accuracy matrix (not built yet)."""
-    typer.echo(
-        "branchlora run: the training engine and the embedded benchmark are not built yet; "
-        "today `branchlora params` counts parameters. Nothing was trained."
-    )
-    raise typer.Exit(1)
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected integers separated by commas") from None
+
+
+def _orders(text: str) -> list[list[str]]:
+    return [[t.strip() for t in order.split(",") if t.strip()] for order in text.split(";") if order.strip()]
+
+
+def _cell(result: dict, metric: str) -> str:
+    """A metric, as mean ± std when the run was repeated over seeds or orders."""
+    if "repeats" in result:
+        return f"{result['repeats'][metric]['mean']:.2f} ± {result['repeats'][metric]['std']:.2f}"
+    return f"{result['metrics'][metric]:.2f}"
+
+
+def run(
+    config: str = typer.Option(None, "--config", help="a YAML experiment file (applied over the preset)"),
+    preset: str = typer.Option("default", help="quick (a smoke run) or default (what `make run` runs)"),
+    methods: str = typer.Option(None, help="comma-separated methods, e.g. lora,moelora,branchlora"),
+    benchmark: str = typer.Option(None, help="a built-in benchmark name (minicoin) or a benchmark YAML file"),
+    out: str = typer.Option(None, help="output folder (results.json, report.md, plots/, checkpoints)"),
+    seed: int = typer.Option(None, help="one seed"),
+    seeds: str = typer.Option(None, help="several seeds, e.g. 0,1,2: the report gives mean and std"),
+    orders: str = typer.Option(None, help="task orders: tasks by comma, orders by ';'"),
+    device: str = typer.Option(None, help="auto, cpu or cuda"),
+    resume: bool = typer.Option(False, "--resume", help="continue after the last complete task checkpoint"),
+    overrides: list[str] = typer.Option([], "--set", help="override any config key: --set train.lr=1e-3"),
+) -> None:
+    """Train and evaluate methods on a task stream; writes results.json, report.md and plots/."""
+    console = Console()
+    with user_errors():
+        extra = [parse_override(o) for o in overrides]
+        flags = {"methods": methods and [m.strip() for m in methods.split(",") if m.strip()],
+                 "benchmark": benchmark, "out": out, "device": device,
+                 "seeds": ([seed] if seed is not None else None) or (seeds and _ints(seeds)),
+                 "orders": orders and _orders(orders)}  # fmt: skip
+        extra.append({k: v for k, v in flags.items() if v})
+        cfg = load_config(preset, config, extra)
+        from branchlora.experiment import run_experiment  # heavy imports only once the config is valid
+
+        results = run_experiment(cfg, resume=resume, console=console)
+    table = Table(title=f"{results['benchmark']['name']} · {len(results['benchmark']['tasks'])} tasks")
+    for column in ("method", "ACC", "MAA", "BWT", "forgetting", "tunable", "selector", "train s"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, r in results["methods"].items():
+        selector = r.get("selector_accuracy")
+        cells = [_cell(r, k) for k in ("acc", "maa", "bwt", "forgetting")]
+        table.add_row(name, *cells, f"{r['params']['tunable']:,}", "-" if selector is None else f"{selector:.1f}%",
+                      f"{r['train_seconds']:.0f}")  # fmt: skip
+    console.print(table)
+    console.print(f"Written: {cfg.out}/results.json, {cfg.out}/report.md, {cfg.out}/plots/")

@@ -65,6 +65,7 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     option_defaults: ClassVar[dict] = {}  # a named variant changes these, the user overrides them
     joint: ClassVar[bool] = False  # trained once on the union of all tasks (the multi-task bound)
+    grows: ClassVar[bool] = False  # adds parameters per task: `branchlora params` also counts a whole stream
 
     def __init__(self, adapter: dict | None = None, options: dict | None = None) -> None:
         self.adapter = AdapterConfig.from_dict({**self.adapter_defaults, **(adapter or {})})
@@ -77,13 +78,18 @@ class Method:
         self.set_trainable(model)
 
     def set_trainable(self, model: nn.Module) -> None:
-        """Freeze everything, then unfreeze the adapters (as each allows) and the projector."""
+        """Freeze everything, then unfreeze the projector and the adapters (as each allows).
+
+        Adapters come last: where they wrap the projector's own Linears (LiLoRA), those stay frozen
+        and the adapters inside still train.
+        """
         model.requires_grad_(False)
-        for _, layer in adapter_layers(model):
-            layer.mark_trainable()
         proj = projector(model)
         if proj is not None:
             proj.requires_grad_(self.options.train_projector)
+        for _, layer in adapter_layers(model):
+            layer.base_layer.requires_grad_(False)
+            layer.mark_trainable()
 
     # ---- hooks (no-ops by default) -------------------------------------------------------------------
     def on_task_start(self, model: nn.Module, task: Task) -> None:
@@ -97,6 +103,10 @@ class Method:
         self, model: nn.Module, batch: dict[str, torch.Tensor], task: Task, oracle: bool = False
     ) -> int | torch.Tensor | None:
         """Which task router serves each test sample (None: the newest; routed methods choose)."""
+        return None
+
+    def task_similarity(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, T) selector scores of each sample against each learned task, for methods that select."""
         return None
 
     def param_groups(self, lr: float) -> list[dict]:

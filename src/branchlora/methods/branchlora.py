@@ -16,8 +16,8 @@ from torch import nn
 from branchlora.adapters import BranchLoRA, adapter_layers
 from branchlora.methods.base import Method, MethodOptions, StepContext, Task, TaskRun
 from branchlora.methods.registry import register_method
+from branchlora.methods.task_keys import TaskKeys
 from branchlora.models.parts import projector
-from branchlora.selector import align_loss, embed, prototype, select_task
 
 
 def freeze_most_active(activity: torch.Tensor, frozen: list[bool], k: int, max_frozen: int) -> list[int]:
@@ -68,9 +68,15 @@ class BranchLoRAMethod(Method):
 
     def __init__(self, adapter: dict | None = None, options: dict | None = None) -> None:
         super().__init__(adapter, options)
-        self.key_img: list[torch.Tensor] = []  # one (d_vision,) key per learned task
-        self.key_txt: list[torch.Tensor] = []
-        self._new_keys: tuple[nn.Parameter, nn.Parameter] | None = None
+        self.keys = TaskKeys(self.options.keys, self.options.align_weight, self.options.key_lr)
+
+    @property
+    def key_img(self) -> list[torch.Tensor]:
+        return self.keys.key_img
+
+    @property
+    def key_txt(self) -> list[torch.Tensor]:
+        return self.keys.key_txt
 
     def _layers(self, model: nn.Module) -> list[BranchLoRA]:
         return [layer for _, layer in adapter_layers(model) if isinstance(layer, BranchLoRA)]
@@ -91,65 +97,46 @@ class BranchLoRAMethod(Method):
             proj = projector(model)
             if proj is not None and opts.freeze_projector_after_first:
                 proj.requires_grad_(False)
-        if opts.task_routers and opts.keys == "loss":
-            self._new_keys = self._fresh_keys(model)
-
-    def _fresh_keys(self, model: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
-        inner = getattr(model, "model", model)
-        device = model.get_input_embeddings().weight.device
-        d_img, d_txt = inner.vision_tower.config.hidden_size, model.get_input_embeddings().embedding_dim
-        return (nn.Parameter(0.02 * torch.randn(d_img, device=device)),
-                nn.Parameter(0.02 * torch.randn(d_txt, device=device)))  # fmt: skip
+        if opts.task_routers:
+            self.keys.start(model)
 
     def param_groups(self, lr: float) -> list[dict]:
-        return [{"params": list(self._new_keys), "lr": self.options.key_lr}] if self._new_keys else []
+        return self.keys.param_groups()
 
     def train_task_ids(self, task: Task) -> int:
         return task.index if self.options.task_routers else 0
 
     # ---- each step: L_align pulls the task's keys towards its samples --------------------------------
     def extra_loss(self, model: nn.Module, ctx: StepContext) -> None:
-        if self._new_keys is None:
-            return
-        e_img, e_txt = embed(model, ctx.batch)
-        k_img, k_txt = self._new_keys
-        ctx.add_loss("align", self.options.align_weight * (align_loss(e_img, k_img) + align_loss(e_txt, k_txt)))
+        self.keys.add_align_loss(model, ctx)
 
-    # ---- task end: one pass for branch activity (and prototype keys), then freeze ----------------------
+    # ---- task end: one pass for branch activity, then freeze; fix the task's keys -----------------------
     def on_task_end(self, model: nn.Module, task: Task, run: TaskRun) -> None:
         layers = self._layers(model)
-        want_keys = self.options.task_routers
-        embeddings: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for layer in layers:
-            layer.activity.zero_()
-            layer.track_activity = self.options.freeze
-        try:
-            with torch.no_grad():
-                for i, batch in enumerate(run.batches()):
-                    if self.options.stats_batches and i >= self.options.stats_batches:
-                        break
-                    if self.options.freeze:
-                        run.forward(model, batch)
-                    if want_keys and self.options.keys == "prototype":
-                        embeddings.append(embed(model, batch))
-        finally:
-            for layer in layers:
-                layer.track_activity = False
         if self.options.freeze:
+            self._count_activity(model, layers, run)
             k = self.options.freeze_k or self.adapter.top_k
             for layer in layers:
                 cap = int(self.options.max_frozen_fraction * layer.n_branches)
                 activity = run.mean(layer.activity)  # every process must freeze the same branches
                 layer.freeze_branches(freeze_most_active(activity, layer.frozen, k, cap))
-        if want_keys:
-            if self._new_keys is not None:
-                k_img, k_txt = (k.detach().clone() for k in self._new_keys)
-            else:
-                k_img = prototype(torch.cat([e[0] for e in embeddings]))
-                k_txt = prototype(torch.cat([e[1] for e in embeddings]))
-            self.key_img.append(run.mean(k_img))  # processes saw different shards: agree on one key
-            self.key_txt.append(run.mean(k_txt))
-            self._new_keys = None
+        if self.options.task_routers:
+            self.keys.end_task(model, run, self.options.stats_batches)
+
+    @torch.no_grad()
+    def _count_activity(self, model: nn.Module, layers: list[BranchLoRA], run: TaskRun) -> None:
+        """One routed pass over the task's data summing each branch's top-k gate weight, per layer."""
+        for layer in layers:
+            layer.activity.zero_()
+            layer.track_activity = True
+        try:
+            for i, batch in enumerate(run.batches()):
+                if self.options.stats_batches and i >= self.options.stats_batches:
+                    break
+                run.forward(model, batch)
+        finally:
+            for layer in layers:
+                layer.track_activity = False
 
     # ---- test time: the selector picks each sample's router ----------------------------------------------
     def eval_task_ids(
@@ -157,19 +144,20 @@ class BranchLoRAMethod(Method):
     ) -> int | torch.Tensor | None:
         if not self.options.task_routers:
             return 0
-        if not self.key_img:
+        if not len(self.keys):
             return None  # nothing learned yet: the newest (untrained) router
         if oracle:
-            return min(task.index, len(self.key_img) - 1)
-        e_img, e_txt = embed(model, batch)
-        keys = torch.stack(self.key_img).to(e_img.device), torch.stack(self.key_txt).to(e_txt.device)
-        return select_task(e_img, e_txt, *keys)
+            return min(task.index, len(self.keys) - 1)
+        return self.keys.select(model, batch)
+
+    def task_similarity(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return self.keys.similarity(model, batch)
 
     def state_dict(self) -> dict:
-        return {"key_img": [k.cpu() for k in self.key_img], "key_txt": [k.cpu() for k in self.key_txt]}
+        return self.keys.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.key_img, self.key_txt = list(state["key_img"]), list(state["key_txt"])
+        self.keys.load_state_dict(state)
 
 
 # The paper's ablation, step by step from MoELoRA to the full method (Table: + shared A, + sparse top-k

@@ -90,3 +90,18 @@ def loss_curve(losses: list[float], points: int = 20) -> list[float]:
     """The training loss averaged into at most `points` equal chunks: enough to see it fall."""
     chunk = max(1, -(-len(losses) // points))  # ceiling division
     return [round(sum(losses[i : i + chunk]) / len(losses[i : i + chunk]), 4) for i in range(0, len(losses), chunk)]
+
+
+def load_base_from(name: str, options: dict | None = None, *, progress: bool = True):
+    """`load_base` with the tiny base's options as plain mappings, as a config file gives them:
+    {"seed": 0, "tiny": {TinyConfig fields}, "pretraining": {PretrainConfig fields}}."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"seed", "tiny", "pretraining"})
+    if unknown:
+        raise ValueError(f"base_options: unknown key(s) {unknown}; valid keys: ['pretraining', 'seed', 'tiny']")
+    try:
+        tiny = TinyConfig(**options.get("tiny", {}))
+        pretraining = PretrainConfig(**options.get("pretraining", {}))
+    except TypeError as err:
+        raise ValueError(f"base_options: {err}") from None
+    return load_base(name, seed=options.get("seed", 0), tiny=tiny, pretraining=pretraining, progress=progress)

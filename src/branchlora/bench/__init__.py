@@ -1,0 +1,77 @@
+"""`branchlora bench`: adapter cost at layer, training-step and generation level, as one JSON object."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from branchlora.bench.generation import bench_generation
+from branchlora.bench.layer import bench_layers
+from branchlora.bench.step import bench_step
+
+
+@dataclass(frozen=True)
+class BenchSizes:
+    """Every size and repeat count of one bench run; defaults are LLaVA-1.5-7B's widths."""
+
+    shapes: tuple[tuple[int, int], ...] = ((4096, 4096), (4096, 11008), (11008, 4096))
+    tokens: tuple[int, int] = (4, 512)  # (batch, sequence) at layer level
+    warmup: int = 2
+    repeats: int = 10  # adapter path
+    whole_warmup: int = 1
+    whole_repeats: int = 3  # whole layer: the frozen matmul dominates and is slow on a CPU
+    r: int = 128
+    n: int = 8
+    k: int = 2
+    hidden: int = 4096
+    ffn: int = 11008
+    step_layers: int = 2
+    step_tokens: tuple[int, int] = (2, 256)
+    step_warmup: int = 1
+    step_repeats: int = 3
+    gen_hidden: int = 512
+    gen_ffn: int = 1376
+    gen_layers: int = 4
+    gen_prompt: int = 32
+    gen_new: int = 32
+    gen_repeats: int = 7
+
+
+FULL = BenchSizes()
+QUICK = replace(FULL, tokens=(1, 128), repeats=5, whole_warmup=0, whole_repeats=1, step_tokens=(1, 32),
+                step_warmup=1, step_repeats=1, gen_new=16, gen_repeats=4)  # fmt: skip
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def run_bench(sizes: BenchSizes = FULL, device: str = "cpu", dtype: str = "float32") -> dict:
+    """Run the three levels and return {device, layer, step, generation, ratios, ...}."""
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    layer = bench_layers(sizes, dev, dt)
+    step = bench_step(sizes, dev, dt)
+    generation = bench_generation(sizes, dev, dt)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "device": f"{dev.type} ({name}, {torch.get_num_threads()} threads)",
+        "dtype": dtype,
+        "torch": torch.__version__,
+        "sizes": asdict(sizes),
+        "layer": layer,
+        "step": step,
+        "generation": generation,
+        "ratios": {
+            "branchlora_vs_moelora_layer": ratio(layer["branchlora"]["overhead_ms"], layer["moelora"]["overhead_ms"]),
+            "branchlora_vs_moelora_step": ratio(step["branchlora"]["median_ms"], step["moelora"]["median_ms"]),
+            "branchlora_vs_peft_lora_layer": ratio(
+                layer["branchlora"]["overhead_ms"], layer["peft_lora"]["overhead_ms"]
+            ),
+            "frozen_floor_vs_moelora_step": ratio(step["frozen"]["median_ms"], step["moelora"]["median_ms"]),
+            "merged_generation_vs_base": ratio(
+                generation["branchlora_merged"]["tokens_per_s"], generation["base"]["tokens_per_s"]
+            ),
+        },
+    }

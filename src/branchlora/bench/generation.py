@@ -1,0 +1,71 @@
+"""Generation: tokens per second of the frozen base, BranchLoRA routed, and BranchLoRA merged per task.
+
+A small random LLaMA-style causal LM (greedy decoding, batch 1, KV cache): at this size per-step
+Python overhead, which the merged model removes, is what separates the three.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from branchlora.adapters import AdapterConfig, adapter_layers, inject_adapters, routing_context
+from branchlora.adapters.merged import merge_task
+from branchlora.bench.step import SEVEN, build_stack
+from branchlora.bench.timing import summarise, sync
+
+
+def generate(model: nn.Module, prompt: torch.Tensor, sizes, device: torch.device) -> tuple[float, torch.Tensor]:
+    """(seconds, ids) of one greedy generation; routing computed once, at prefill."""
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad(), routing_context(model, task_ids=0, reuse=True):
+        ids = model.generate(
+            prompt, max_new_tokens=sizes.gen_new, min_new_tokens=sizes.gen_new, do_sample=False, pad_token_id=0
+        )
+    sync(device)
+    return time.perf_counter() - t0, ids
+
+
+def time_generate(models: dict[str, nn.Module], prompt: torch.Tensor, sizes, device: torch.device) -> dict:
+    """{name: tokens/s and spread}, the models taking turns each round so drifting load hits all alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    ids = {}
+    for i in range(1 + sizes.gen_repeats):  # round 0 warms up
+        for name, model in models.items():
+            s, ids[name] = generate(model, prompt, sizes, device)
+            if i:
+                seconds[name].append(s)
+    results = {}
+    for name, values in seconds.items():
+        stats = summarise(values)
+        results[name] = {"tokens_per_s": sizes.gen_new * prompt.shape[0] / (stats["median_ms"] / 1e3), **stats}
+    return results, ids
+
+
+def bench_generation(sizes, device: torch.device, dtype: torch.dtype) -> dict:
+    model = build_stack(sizes.gen_hidden, sizes.gen_ffn, sizes.gen_layers, device, dtype).eval()
+    prompt = torch.randint(2, 1024, (1, sizes.gen_prompt), generator=torch.Generator().manual_seed(0))
+    prompt[:, 0] = 1  # BOS first, as a tokenizer writes it: first-token routing is then fixed per task
+    prompt = prompt.to(device)
+    base = copy.deepcopy(model)
+    inject_adapters(
+        model, AdapterConfig(r=sizes.r, alpha=2 * sizes.r, n_branches=sizes.n, top_k=sizes.k, targets=SEVEN)
+    )
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            for b in layer.lora_B:
+                b.normal_(std=0.01)
+    merged = copy.deepcopy(model)
+    merge_task(merged, 0, {"input_ids": prompt})
+    models = {"base": base, "branchlora_unmerged": model, "branchlora_merged": merged}
+    results, ids = time_generate(models, prompt, sizes, device)
+    return {
+        "model": f"random LLaMA, hidden {sizes.gen_hidden}, FFN {sizes.gen_ffn}, {sizes.gen_layers} layers, "
+        f"prompt {sizes.gen_prompt}, {sizes.gen_new} new tokens, batch 1, greedy",
+        **results,
+        "merged_equals_unmerged": bool(torch.equal(ids["branchlora_unmerged"], ids["branchlora_merged"])),
+    }

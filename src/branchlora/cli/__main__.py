@@ -1,0 +1,5 @@
+"""`torchrun --nproc_per_node=N -m branchlora.cli run ...`."""
+
+from branchlora.cli import app
+
+app()

@@ -1,0 +1,57 @@
+"""`branchlora bench`: time the adapters at layer, training-step and generation level."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from branchlora.bench import FULL, QUICK, run_bench
+
+
+def _print_tables(result: dict) -> None:
+    console = Console()
+    layer = Table(title=f"layer level, summed over {len(result['sizes']['shapes'])} shapes ({result['device']})")
+    for col in ("method", "layer ms", "adapter fwd+bwd ms", "fwd ms", "bwd ms", "saved MiB", "tunable"):
+        layer.add_column(col, justify="left" if col == "method" else "right")
+    for method, row in result["layer"].items():
+        layer.add_row(
+            method, f"{row['median_ms']:.1f}", f"{row['overhead_ms']:.1f}", f"{row['adapter_fwd_ms']:.1f}",
+            f"{row['adapter_bwd_ms']:.1f}", f"{row['saved_mb']:.1f}", f"{row['tunable']:,}",
+        )  # fmt: skip
+    console.print(layer)
+    step = Table(title="training step (2 decoder layers)")
+    for col in ("method", "median ms", "iqr ms", "tunable"):
+        step.add_column(col, justify="left" if col == "method" else "right")
+    for method, row in result["step"].items():
+        step.add_row(method, f"{row['median_ms']:.0f}", f"{row['iqr_ms']:.0f}", f"{row['tunable']:,}")
+    console.print(step)
+    gen = result["generation"]
+    console.print(f"generation ({gen['model']}): tokens/s " + ", ".join(
+        f"{k} {gen[k]['tokens_per_s']:.1f}" for k in ("base", "branchlora_unmerged", "branchlora_merged")
+    ))  # fmt: skip
+    console.print("ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in result["ratios"].items()))
+
+
+def bench(
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16"),
+    quick: bool = typer.Option(False, "--quick", help="small token counts and few repeats (under a minute)"),
+    threads: int = typer.Option(0, help="CPU threads for torch (0: torch's default)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Time LoRA, PEFT LoRA, MoELoRA, HydraLoRA and BranchLoRA at LLaVA-1.5-7B sizes."""
+    if device not in ("cpu", "cuda") or dtype not in ("float32", "bfloat16"):
+        raise typer.BadParameter(f"device must be cpu|cuda and dtype float32|bfloat16, got {device}, {dtype}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("--device cuda: no CUDA device is available")
+    if threads:
+        torch.set_num_threads(threads)
+    result = run_bench(QUICK if quick else FULL, device, dtype)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        _print_tables(result)

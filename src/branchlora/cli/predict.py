@@ -1,0 +1,30 @@
+"""`branchlora predict`: answer one question with a trained checkpoint; say which task served it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from branchlora.cli.errors import user_errors
+
+
+def predict(
+    checkpoint: Path = typer.Option(..., help="a task checkpoint (runs/x/branchlora/task-07) or a method folder"),
+    image: Path = typer.Option(..., help="the image file"),
+    prompt: str = typer.Option(..., help="the instruction"),
+    task: str = typer.Option(None, help="use this task's router (default: the task selector chooses)"),
+) -> None:
+    """Print the answer, and the task the selector chose with its similarity scores."""
+    console = Console()
+    with user_errors():
+        from branchlora.inference import load_trained
+        from branchlora.inference import predict as run_predict
+
+        result = run_predict(load_trained(checkpoint), image, prompt, task)
+    console.print(f"[bold]answer:[/] {result['answer']}")
+    if result.get("task") is not None:
+        console.print(f"task: {result['task']}" + (" (given)" if task else " (chosen by the task selector)"))
+    for name, score in (result.get("similarity") or {}).items():
+        console.print(f"  similarity {name}: {score:.4f}")

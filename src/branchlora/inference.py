@@ -1,0 +1,96 @@
+"""Using a saved checkpoint: rebuild the model, answer one question, or score a benchmark."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from branchlora.adapters import routing_context
+from branchlora.batch import model_inputs
+from branchlora.continual import StreamData, evaluate_all, latest_checkpoint, load_checkpoint
+from branchlora.data.benchmark import TestExample
+from branchlora.data.collate import Collator
+from branchlora.evaluation.evaluate import EvalConfig
+from branchlora.methods import Method, Task, get_method
+from branchlora.models.loading import load_base_from
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    method: Method
+    collator: Collator
+    tasks: list[str]  # the trained task stream, in order
+    folder: Path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A task checkpoint folder, or a method folder (its last complete task); a clear error otherwise."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    if path.is_dir() and (last := latest_checkpoint(path)) is not None:
+        return last
+    raise FileNotFoundError(
+        f"{path} is not a checkpoint: expected a folder with state.json (e.g. runs/default/branchlora/task-07) "
+        "or a method folder holding task-XX checkpoints"
+    )
+
+
+def load_trained(path: str | Path) -> Loaded:
+    folder = resolve_checkpoint(path)
+    state = json.loads((folder / "state.json").read_text())
+    model, processor = load_base_from(state.get("base", "tiny"), state.get("base_options"))
+    method = get_method(state["method"])(state["adapter"], state["options"])
+    method.setup(model)
+    load_checkpoint(folder, model, method)
+    model.eval()
+    return Loaded(model, method, Collator(processor), state.get("tasks", []), folder)
+
+
+@torch.no_grad()
+def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, max_new_tokens: int = 32) -> dict:
+    """The answer to one question; which task router served it, chosen by the selector unless `task` is given."""
+    example = TestExample("predict", Path(image), prompt, "")
+    batch = loaded.collator.prompt_batch([example])
+    index = _task_index(loaded, task) if task else len(loaded.tasks) - 1
+    task_ids = loaded.method.eval_task_ids(loaded.model, batch, Task(index, task or ""), oracle=task is not None)
+    scores = None if task else loaded.method.task_similarity(loaded.model, batch)
+    with routing_context(loaded.model, task_ids, batch["attention_mask"], reuse=True):
+        out = loaded.model.generate(
+            **model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=loaded.collator.pad_id, eos_token_id=loaded.collator.eos_id,
+        )  # fmt: skip
+    answer = loaded.collator.decode(out[:, batch["input_ids"].shape[1] :])[0]
+    chosen = int(task_ids[0]) if isinstance(task_ids, torch.Tensor) else task_ids
+    names = loaded.tasks
+    result = {"answer": answer, "task": names[chosen] if chosen is not None and chosen < len(names) else None}
+    if scores is not None:
+        result["similarity"] = {names[t]: round(float(s), 4) for t, s in enumerate(scores[0]) if t < len(names)}
+    return result
+
+
+def _task_index(loaded: Loaded, task: str) -> int:
+    if task not in loaded.tasks:
+        raise ValueError(f"unknown task {task!r}; this checkpoint learned: {', '.join(loaded.tasks)}")
+    return loaded.tasks.index(task)
+
+
+def evaluate_checkpoint(loaded: Loaded, bench, config: EvalConfig) -> dict:
+    """Score every task of `bench`; tasks are matched to the trained stream by name (for the oracle)."""
+    names = [t for t in loaded.tasks if t in bench.task_names] + [t for t in bench.task_names if t not in loaded.tasks]
+    data = StreamData(names, [bench.task(n).metric for n in names], [[] for _ in names],
+                      [bench.test_examples(n) for n in names], loaded.collator)  # fmt: skip
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    loaded.model.to(accelerator.device)
+    row, chosen = evaluate_all(loaded.model, loaded.method, data, config, accelerator)
+    scores = dict(zip(names, (round(x, 2) for x in row), strict=True))
+    routed = [(i, j) for i, c in enumerate(chosen) for j in c]
+    out = {"checkpoint": str(loaded.folder), "scores": scores, "mean": round(sum(row) / len(row), 2)}
+    if routed:
+        out["selector_accuracy"] = round(100.0 * sum(i == j for i, j in routed) / len(routed), 2)
+    return out

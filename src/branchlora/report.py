@@ -1,0 +1,112 @@
+"""What a run leaves behind: results.json (the contract in design.md), report.md and plots/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import mean, pstdev
+
+from branchlora.atomic import atomic_path, write_json
+from branchlora.plots import plot_comparison, plot_matrix, plot_task_curves
+
+METRIC_NAMES = ("acc", "maa", "bwt", "mft", "fwt", "forgetting")
+# The papers' LLaVA-1.5-7B numbers on CoIN (ACC / MAA / BWT, tunable parameters), for orientation only.
+PAPER_COIN_7B = {
+    "lora": (28.74, 32.97, -32.62, None),
+    "lwf": (30.41, 34.95, -27.03, None),
+    "ewc": (32.90, 36.93, -27.46, None),
+    "moelora": (37.13, 42.76, -25.91, "350M"),
+    "branchlora": (44.20, 49.94, -20.98, "222M"),
+    "multitask": (None, 57.18, None, None),
+}
+
+
+def repeats(runs: list[dict], method: str) -> dict:
+    """Mean and (population) standard deviation of each metric over the runs (seeds x orders)."""
+    values = {m: [run["methods"][method]["metrics"][m] for run in runs] for m in METRIC_NAMES}
+    return {"n": len(runs), **{m: {"mean": round(mean(v), 4), "std": round(pstdev(v), 4), "values": v}
+                               for m, v in values.items()}}  # fmt: skip
+
+
+def build_results(bench: str, runs: list[dict], base: dict, config: dict, versions: dict) -> dict:
+    methods = {}
+    for name, first in runs[0]["methods"].items():
+        methods[name] = dict(first)
+        if len(runs) > 1:
+            methods[name]["repeats"] = repeats(runs, name)
+    results = {"benchmark": {"name": bench, "tasks": runs[0]["order"]}, "methods": methods, "base": base,
+               "config": config, "versions": versions}  # fmt: skip
+    if len(runs) > 1:
+        results["runs"] = runs
+    return results
+
+
+def write_outputs(out: Path, bench: str, runs: list[dict], base: dict, config: dict, versions: dict) -> dict:
+    results = build_results(bench, runs, base, config, versions)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    tasks = results["benchmark"]["tasks"]
+    for name, result in results["methods"].items():
+        plot_matrix(result["matrix"], tasks, name, plots / f"matrix-{name}.png")
+        plot_task_curves(result["matrix"], tasks, name, plots / f"tasks-{name}.png")
+    plot_comparison(results["methods"], plots / "comparison.png")
+    write_json(out / "results.json", results)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(render_report(results))
+    return results
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def render_report(results: dict) -> str:
+    tasks = results["benchmark"]["tasks"]
+    base = results["base"]
+    lines = [
+        f"# {results['benchmark']['name']}: {', '.join(results['methods'])}",
+        "",
+        f"Base: `{base['name']}` (caption loss {_fmt(base.get('caption_loss'), 3)}, pre-training "
+        f"{_fmt(base['pretrain_seconds'], 0)} s in this run). Tasks in order: {', '.join(tasks)}.",
+        "Scores are percentages; ACC = mean after the last task, MAA = mean average accuracy, BWT = backward "
+        "transfer (negative = forgetting), MFT = score right after learning, FWT = forward transfer.",
+        "",
+        "| method | ACC | MAA | BWT | MFT | FWT | forgetting | tunable | selector | train s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["methods"].items():
+        m = r["metrics"]
+        lines.append(
+            f"| {name} | {m['acc']:.2f} | {m['maa']:.2f} | {m['bwt']:.2f} | {m['mft']:.2f} | {m['fwt']:.2f} | "
+            f"{m['forgetting']:.2f} | {r['params']['tunable']:,} | {_fmt(r.get('selector_accuracy'), 1)} | "
+            f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |"
+        )
+    first = next(iter(results["methods"].values()))
+    if "repeats" in first:
+        n = first["repeats"]["n"]
+        lines += ["", f"Mean ± standard deviation over {n} runs (seeds x orders):", "",
+                  "| method | ACC | MAA | BWT | forgetting |", "|---|---|---|---|---|"]  # fmt: skip
+        for name, r in results["methods"].items():
+            cells = [
+                f"{r['repeats'][k]['mean']:.2f} ± {r['repeats'][k]['std']:.2f}"
+                for k in ("acc", "maa", "bwt", "forgetting")
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "![comparison](plots/comparison.png)", ""]
+    for name, r in results["methods"].items():
+        lines += [f"## {name}", "", "Accuracy matrix (row t = after task t; row 0 = before any task):", "",
+                  "| after \\ on | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]  # fmt: skip
+        for t, row in enumerate(r["matrix"]):
+            lines.append(f"| {'base' if t == 0 else tasks[t - 1]} | " + " | ".join(f"{x:.1f}" for x in row) + " |")
+        if "selector_confusion" in r:
+            lines += ["", f"Task selector after the last task: {r['selector_accuracy']:.1f}% of test samples routed "
+                      "to their own task's router (confusion: row = true task, column = chosen router):", "",
+                      "| true \\ chosen | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]  # fmt: skip
+            for t, row in enumerate(r["selector_confusion"]):
+                lines.append(f"| {tasks[t]} | " + " | ".join(str(x) for x in row) + " |")
+        lines += ["", f"![matrix](plots/matrix-{name}.png) ![tasks](plots/tasks-{name}.png)", ""]
+    lines += ["## For orientation: the papers' numbers on real CoIN (LLaVA-1.5-7B), not measured here", "",
+              "| method | ACC | MAA | BWT | tunable |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, (a, m, b, p) in PAPER_COIN_7B.items():
+        lines.append(f"| {name} | {_fmt(a)} | {_fmt(m)} | {_fmt(b)} | {p or '-'} |")
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""`branchlora bench` at toy sizes: every level runs, the JSON has its keys, the numbers are sane."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from branchlora.adapters import ADAPTERS, AdapterConfig
+from branchlora.bench import BenchSizes, run_bench
+
+TOY = BenchSizes(
+    shapes=((32, 48),), tokens=(2, 8), warmup=1, repeats=2, whole_warmup=0, whole_repeats=1, r=16, n=4, k=2,
+    hidden=32, ffn=48, step_tokens=(2, 8), step_warmup=0, step_repeats=1,
+    gen_hidden=32, gen_ffn=48, gen_layers=1, gen_prompt=4, gen_new=2, gen_repeats=1,
+)  # fmt: skip
+
+
+def test_bench_reports_every_method_and_ratio():
+    result = json.loads(json.dumps(run_bench(TOY)))  # JSON-serialisable as it is
+    assert result["device"].startswith("cpu")
+    assert set(result["layer"]) == {"linear", "peft_lora", "lora", "moelora", "hydralora", "branchlora"}
+    for method, row in result["layer"].items():
+        assert row["median_ms"] > 0 and row["saved_mb"] >= 0
+        assert (row["overhead_ms"] > 0) == (method != "linear")
+    assert result["layer"]["branchlora"]["tunable"] < result["layer"]["moelora"]["tunable"]  # one A, not E
+    assert all(row["median_ms"] > 0 and row["tunable"] > 0 for row in result["step"].values())
+    generation = result["generation"]
+    assert generation["merged_equals_unmerged"]
+    assert all(generation[k]["tokens_per_s"] > 0 for k in ("base", "branchlora_unmerged", "branchlora_merged"))
+    assert set(result["ratios"]) >= {
+        "branchlora_vs_moelora_layer",
+        "branchlora_vs_moelora_step",
+        "branchlora_vs_peft_lora_layer",
+        "merged_generation_vs_base",
+    }
+    assert all(v > 0 for v in result["ratios"].values())
+
+
+def test_cli_rejects_a_bad_device():
+    from branchlora.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--device", "tpu"])
+    assert result.exit_code != 0 and "device must be cpu|cuda" in result.output
+
+
+@pytest.mark.parametrize(
+    ("kind", "routing", "shape"),
+    [("lora", "first", (2, 3)), ("lora", "first", (5,)), ("moelora", "first", (2, 3)),
+     ("branchlora", "first", (2, 3)), ("branchlora", "token", (2, 3)), ("branchlora", "first", (3,))],
+)  # fmt: skip
+def test_in_place_fast_paths_have_exact_gradients(kind, routing, shape):
+    """The update is added into the base output in place; autograd must still see every input."""
+    torch.manual_seed(0)
+    layer = ADAPTERS[kind](nn.Linear(6, 5), AdapterConfig(kind=kind, r=4, n_branches=2, top_k=1, routing=routing))
+    layer = layer.double().eval()
+    with torch.no_grad():
+        for p in layer.adapter_parameters().values():
+            p.normal_()
+    x = torch.randn(*shape, 6, dtype=torch.float64, requires_grad=True)
+    params = [p for p in layer.adapter_parameters().values() if p.requires_grad]
+    assert torch.autograd.gradcheck(lambda x, *ps: layer(x), (x, *params), fast_mode=True)
