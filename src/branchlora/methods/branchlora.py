@@ -177,3 +177,20 @@ class SharedATopK(BranchLoRAMethod):
 @register_method("branchlora-freeze", "ablation: + freezing of the most-used branches (one router)")
 class SharedATopKFreeze(BranchLoRAMethod):
     option_defaults = {"task_routers": False}
+
+
+# Beyond the paper (research notes: what still forgets is the shared trunk; once branches run out, new
+# tasks stop being learned): the same method with one decision changed, to measure against the default.
+@register_method("branchlora-grow", "beyond the paper: add k fresh branches when fewer than k are tunable")
+class BranchLoRAGrow(BranchLoRAMethod):
+    option_defaults = {"exhaustion": "grow"}
+
+
+@register_method("branchlora-frozen_trunk", "beyond the paper: freeze A and the projector after task 1")
+class BranchLoRAFrozenTrunk(BranchLoRAMethod):
+    option_defaults = {"freeze_a_after_first": True, "freeze_projector_after_first": True}
+
+
+@register_method("branchlora-frozen_trunk_grow", "beyond the paper: frozen trunk after task 1 + growing branches")
+class BranchLoRAFrozenTrunkGrow(BranchLoRAMethod):
+    option_defaults = {"freeze_a_after_first": True, "freeze_projector_after_first": True, "exhaustion": "grow"}
