@@ -33,15 +33,3 @@ def test_no_forgetting_and_single_task():
 def test_bad_shape_is_named():
     with pytest.raises(ValueError, match="T \\+ 1 rows of T scores, got 2 rows"):
         acc([[1.0, 2.0], [3.0, 4.0]])
-
-
-def test_atomic_writes_have_normal_permissions(tmp_path):
-    import os
-
-    from branchlora.atomic import write_json
-
-    write_json(tmp_path / "r.json", {"a": 1})
-    umask = os.umask(0)
-    os.umask(umask)
-    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
