@@ -46,3 +46,12 @@ def tiny_llava_inputs(batch: int = 2, text_len: int = 6, seed: int = 1) -> dict[
 @pytest.fixture
 def tiny_llava():
     return build_tiny_llava()
+
+
+@pytest.fixture(scope="session")
+def small_toy(tmp_path_factory):
+    """(micro base, a toy stream of 8 train / 2 test items per task), built once for the session."""
+    from engine_support import micro_base, toy_stream
+
+    model, processor = micro_base(tmp_path_factory.mktemp("micro-base-cache"))
+    return model, toy_stream(tmp_path_factory.mktemp("toy"), processor, n_train=8, n_test=2)

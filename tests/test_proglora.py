@@ -17,7 +17,7 @@ from branchlora.methods.proglora import identity_loss
 from branchlora.params import count_parameters
 from branchlora.train import TrainConfig
 
-from engine_support import fresh, micro_base, toy_stream
+from engine_support import fresh
 
 ADAPTER = {"r": 8, "alpha": 16}
 TRAIN = TrainConfig(max_steps=4, batch_size=4, lr=5e-3)
@@ -25,9 +25,8 @@ EVAL = EvalConfig(batch_size=8, max_new_tokens=4, limit=2)
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    model, processor = micro_base(tmp_path_factory.getbasetemp() / "micro-base-cache")  # shared by modules
-    return model, toy_stream(tmp_path_factory.mktemp("toy"), processor, n_train=8, n_test=2)
+def base(small_toy):
+    return small_toy
 
 
 @pytest.fixture(scope="module")

@@ -144,11 +144,7 @@ class BranchLoRAMethod(Method):
     ) -> int | torch.Tensor | None:
         if not self.options.task_routers:
             return 0
-        if not len(self.keys):
-            return None  # nothing learned yet: the newest (untrained) router
-        if oracle:
-            return min(task.index, len(self.keys) - 1)
-        return self.keys.select(model, batch)
+        return self.keys.task_ids(model, batch, task.index, oracle)  # None before any: the newest router
 
     def task_similarity(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return self.keys.similarity(model, batch)

@@ -100,11 +100,8 @@ class LiLoRAMethod(Method):
     def eval_task_ids(
         self, model: nn.Module, batch: dict[str, torch.Tensor], task: Task, oracle: bool = False
     ) -> int | torch.Tensor | None:
-        if not len(self.keys):
-            return None  # nothing learned yet: the newest (untrained) task
-        if oracle or self.options.task_identity == "oracle":
-            return min(task.index, len(self.keys) - 1)
-        return self.keys.select(model, batch)
+        oracle = oracle or self.options.task_identity == "oracle"
+        return self.keys.task_ids(model, batch, task.index, oracle)  # None before any: the newest task
 
     def task_similarity(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return self.keys.similarity(model, batch)

@@ -67,6 +67,17 @@ class TaskKeys:
         self.key_txt.append(run.mean(k_txt))
         self._new = None
 
+    def task_ids(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], task_index: int, oracle: bool
+    ) -> int | torch.Tensor | None:
+        """Which learned task serves each test sample: None before any, the true one with the oracle
+        (the newest learned when the true one is not learned yet), else the selector's choice."""
+        if not self.key_img:
+            return None
+        if oracle:
+            return min(task_index, len(self.key_img) - 1)
+        return self.select(model, batch)
+
     def select(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) the learned task whose keys are closest to each sample."""
         e_img, e_txt = embed(model, batch)
