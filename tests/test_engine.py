@@ -19,6 +19,7 @@ from branchlora.methods import Task, get_method
 from branchlora.methods.branchlora import freeze_most_active
 from branchlora.methods.ewc import ewc_penalty
 from branchlora.methods.lwf import distillation_loss
+from branchlora.models.parts import projector
 from branchlora.train import TrainConfig
 
 from engine_support import ADAPTER, LORA, fresh, micro_base, toy_stream
@@ -65,6 +66,10 @@ def test_branchlora_lifecycle_keeps_old_state_bit_identical(base, tmp_path):
     assert torch.equal(keys_first["key_img"][0], method.key_img[0].cpu())
     assert torch.equal(keys_first["key_txt"][0], method.key_txt[0].cpu())
     assert len(result.matrix) == 4 and all(len(row) == 3 for row in result.matrix)
+    # tunable as the papers count it, at task 1 before any freezing: A, all N branches, one router, projector
+    layers = [layer for _, layer in adapter_layers(model)]
+    expected = sum(layer.lora_A.numel() + 4 * layer.lora_B[0].numel() + layer.routers[0].numel() for layer in layers)
+    assert result.tunable == expected + sum(p.numel() for p in projector(model).parameters())
 
 
 @pytest.mark.parametrize("keys", ["prototype", "loss"])

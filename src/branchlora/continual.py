@@ -116,9 +116,8 @@ def run_method(
         step = (lambda s, n, losses, _name=name: on_step(_name, s, n, losses)) if on_step else None
         t0 = time.perf_counter()
         stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step)
-        if index == 0:
-            result.tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            result.total = sum(p.numel() for p in model.parameters())
+        if index == 0:  # counted as the papers count: what trains on the first task
+            result.tunable, result.total = stats["tunable"], sum(p.numel() for p in model.parameters())
         result.train_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         row, result.chosen = evaluate_all(model, method, data, eval_config, accelerator)

@@ -103,6 +103,7 @@ def train_task(
     set_seed(config.seed * 1000 + task.index)  # the task's randomness depends on nothing before it
     method.on_task_start(model, task)
     groups = param_groups(model, method, config)
+    tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # what this task trains
     generator = torch.Generator().manual_seed(config.seed * 1000 + task.index)
     loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
     updates = config.max_steps or max(1, math.ceil(config.epochs * len(loader) / config.grad_accum))
@@ -144,4 +145,5 @@ def train_task(
     runner = TaskRunner(examples, collate, task_ids, accelerator, config.batch_size)
     method.on_task_end(model, task, runner)
     accelerator.free_memory()
-    return {"steps": step, "seconds": time.perf_counter() - start, **{f"loss_{k}": v for k, v in last.items()}}
+    losses = {f"loss_{k}": v for k, v in last.items()}
+    return {"steps": step, "seconds": time.perf_counter() - start, "tunable": tunable, **losses}
