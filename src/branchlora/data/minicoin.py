@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
+from branchlora.atomic import atomic_dir
 from branchlora.data import world
 from branchlora.data.templates import instruction
 from branchlora.data.world import COLOURS, SHAPES, WORDS, Scene
@@ -257,14 +256,6 @@ def ensure_minicoin(cache_dir: Path, **options: object) -> Path:
     final = cache_dir / "benchmarks" / opts.fingerprint()
     if (final / "benchmark.yaml").exists():
         return final / "benchmark.yaml"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
-    try:
+    with atomic_dir(final, "benchmark.yaml") as tmp:
         write_minicoin(tmp, opts)
-        tmp.rename(final)
-    except OSError:
-        if not (final / "benchmark.yaml").exists():  # not a lost race with another process
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final / "benchmark.yaml"

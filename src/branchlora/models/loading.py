@@ -7,13 +7,12 @@ Whatever the source, the result is a transformers `LlavaForConditionalGeneration
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
+from branchlora.atomic import atomic_dir
 from branchlora.data.benchmark import default_cache_dir
 from branchlora.models.pretrain import PretrainConfig, build_tokenizer, pretrain
 from branchlora.models.tiny import TinyConfig, build_model, build_processor, fingerprint
@@ -72,18 +71,10 @@ def build_tiny(folder: Path, tiny: TinyConfig, pretraining: PretrainConfig, *, s
         "tiny": asdict(tiny),
         "pretraining": asdict(pretraining),
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:
+    with atomic_dir(folder, INFO_FILE) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
-        tmp.rename(folder)
-    except OSError:
-        if not (folder / INFO_FILE).exists():  # not a lost race with another process
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def loss_curve(losses: list[float], points: int = 20) -> list[float]:
