@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from branchlora.adapters import BranchLoRA, adapter_layers
-from branchlora.methods.base import Method, MethodOptions, StepContext, Task, TaskRun
+from branchlora.methods.base import MethodOptions, StepContext, Task, TaskRun
 from branchlora.methods.registry import register_method
-from branchlora.methods.task_keys import TaskKeys
+from branchlora.methods.task_keys import KeyedMethod, TaskKeys
 from branchlora.models.parts import projector
 
 
@@ -61,7 +61,7 @@ class BranchLoRAOptions(MethodOptions):
 
 
 @register_method("branchlora", "BranchLoRA: shared trunk A, 8 branches, top-2 routing, task routers, freezing")
-class BranchLoRAMethod(Method):
+class BranchLoRAMethod(KeyedMethod):
     adapter_defaults = {"kind": "branchlora"}
     Options = BranchLoRAOptions
     options: BranchLoRAOptions
@@ -145,15 +145,6 @@ class BranchLoRAMethod(Method):
         if not self.options.task_routers:
             return 0
         return self.keys.task_ids(model, batch, task.index, oracle)  # None before any: the newest router
-
-    def task_similarity(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return self.keys.similarity(model, batch)
-
-    def state_dict(self) -> dict:
-        return self.keys.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.keys.load_state_dict(state)
 
 
 # The paper's ablation, step by step from MoELoRA to the full method (Table: + shared A, + sparse top-k

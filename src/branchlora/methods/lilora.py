@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from branchlora.adapters import LiLoRA, adapter_layers, merge, routing_context
-from branchlora.methods.base import Method, MethodOptions, StepContext, Task, TaskRun
+from branchlora.methods.base import MethodOptions, StepContext, Task, TaskRun
 from branchlora.methods.registry import register_method
-from branchlora.methods.task_keys import KEY_MODES, TaskKeys
+from branchlora.methods.task_keys import KEY_MODES, KeyedMethod, TaskKeys
 
 # The feed-forward Linears of every language-model layer, and every Linear of the projector.
 LILORA_TARGETS = r"(?!.*vision)(.*\.)?(gate_proj|up_proj|down_proj)|(.*\.)?(multi_modal_projector|mm_projector)\..+"
@@ -58,7 +58,7 @@ class LiLoRAOptions(MethodOptions):
 
 
 @register_method("lilora", "LiLoRA: shared A and B0, per-task P_t Q_t and gate, stability loss, task selector")
-class LiLoRAMethod(Method):
+class LiLoRAMethod(KeyedMethod):
     adapter_defaults = {"kind": "lilora", "init": "kaiming", "targets": LILORA_TARGETS}
     Options = LiLoRAOptions
     options: LiLoRAOptions
@@ -102,15 +102,6 @@ class LiLoRAMethod(Method):
     ) -> int | torch.Tensor | None:
         oracle = oracle or self.options.task_identity == "oracle"
         return self.keys.task_ids(model, batch, task.index, oracle)  # None before any: the newest task
-
-    def task_similarity(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return self.keys.similarity(model, batch)
-
-    def state_dict(self) -> dict:
-        return self.keys.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.keys.load_state_dict(state)
 
 
 @register_method("lilora-oracle", "LiLoRA as published: the true task id picks B_t at test time")

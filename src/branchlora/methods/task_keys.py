@@ -12,7 +12,7 @@ from itertools import islice
 import torch
 from torch import nn
 
-from branchlora.methods.base import StepContext, TaskRun
+from branchlora.methods.base import Method, StepContext, TaskRun
 from branchlora.selector import align_loss, embed, prototype, select_task, similarity
 
 KEY_MODES = ("loss", "prototype")
@@ -98,3 +98,18 @@ class TaskKeys:
 
     def load_state_dict(self, state: dict) -> None:
         self.key_img, self.key_txt = list(state["key_img"]), list(state["key_txt"])
+
+
+class KeyedMethod(Method):
+    """A method whose state is its TaskKeys (`self.keys`): similarity and checkpoint state come from them."""
+
+    keys: TaskKeys
+
+    def task_similarity(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return self.keys.similarity(model, batch)
+
+    def state_dict(self) -> dict:
+        return self.keys.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.keys.load_state_dict(state)
