@@ -1,5 +1,7 @@
 """Each adapter layer against an independent float64 re-computation written here, loop by loop."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -16,8 +18,12 @@ def wrap(cls, d_in=12, d_out=10, **cfg):
     return layer
 
 
-def reference_branchlora(layer, x, mask, routing, task_ids):
-    """y_b = W0 x_b + s * sum over the top-k branches of softmax-renormalised gate * B_i A x_b."""
+def reference_branchlora(layer, x, mask, routing, task_ids, xd=None):
+    """y_b = W0 x_b + s * sum over the top-k branches of softmax-renormalised gate * B_i A xd_b.
+
+    xd: the dropped input the update reads (default x); routing always reads x itself.
+    """
+    xd = x if xd is None else xd
     W0, b0, A = layer.base_layer.weight, layer.base_layer.bias, layer.lora_A
     out = torch.empty(x.shape[0], x.shape[1], layer.out_features, dtype=torch.float64)
     for b in range(x.shape[0]):
@@ -29,8 +35,37 @@ def reference_branchlora(layer, x, mask, routing, task_ids):
         gates = torch.softmax(logits[order], 0)
         update = sum(g * layer.lora_B[i] @ A for g, i in zip(gates, order, strict=True))
         for t in range(x.shape[1]):
-            out[b, t] = W0 @ x[b, t] + b0 + layer.scale * update @ x[b, t]
+            out[b, t] = W0 @ x[b, t] + b0 + layer.scale * update @ xd[b, t]
     return out
+
+
+def assert_same_grads(got, expected, inputs):
+    """d(sum g * out)/d(inputs) of our layer equals that of the reference, for one random output gradient g."""
+    inputs = [t for t in inputs if t.requires_grad]
+    g = torch.randn_like(got)
+    ours = torch.autograd.grad(got, inputs, g, retain_graph=True, materialize_grads=True)
+    theirs = torch.autograd.grad(expected, inputs, g, retain_graph=True, materialize_grads=True)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_branchlora_dropout_matches_reference_in_value_and_gradient():
+    """Dropout hits the update's input only (routing reads x itself); the rescale 1/(1-p) is in the scale."""
+    from branchlora.adapters.projection import dropout_mask
+
+    layer = wrap(BranchLoRA, r=8, n_branches=4, top_k=2)
+    layer.config = replace(layer.config, dropout=0.3)
+    layer.train()
+    x = torch.randn(3, 5, 12, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    got = layer(x)
+    torch.manual_seed(1)  # the same draw again: nothing else in the forward takes random numbers
+    dropped, keep = dropout_mask(x.detach().reshape(-1, 12), 0.3)
+    xd = torch.where(dropped.view(x.shape), 0.0, x) * keep
+    assert 0 < dropped.sum() < dropped.numel()
+    expected = reference_branchlora(layer, x, None, "first", layer.n_routers - 1, xd=xd)
+    torch.testing.assert_close(got, expected)
+    assert_same_grads(got, expected, [x, *layer.adapter_parameters().values()])
 
 
 @pytest.mark.parametrize("routing", ["first", "mean"])
@@ -38,14 +73,16 @@ def reference_branchlora(layer, x, mask, routing, task_ids):
 def test_branchlora_matches_dense_reference(routing, n, k, shape):
     layer = wrap(BranchLoRA, r=4 * n, n_branches=n, top_k=k, routing=routing)
     layer.add_router()  # two task routers; samples alternate between them
-    x = torch.randn(*shape, 12, dtype=torch.float64)
+    x = torch.randn(*shape, 12, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(shape, dtype=torch.long)
     if shape[1] > 2:
         mask[0, :2] = 0  # left padding on the first sample
     task_ids = torch.arange(shape[0]) % 2
     with routing_context(layer_model := nn.Sequential(layer), task_ids=task_ids, attention_mask=mask):
         got = layer_model(x)
-    torch.testing.assert_close(got, reference_branchlora(layer, x, mask, routing, task_ids))
+    expected = reference_branchlora(layer, x, mask, routing, task_ids)
+    torch.testing.assert_close(got, expected)
+    assert_same_grads(got, expected, [x, *layer.adapter_parameters().values()])
     with routing_context(layer_model, task_ids=1):  # one router for the batch, no mask: position 0
         got = layer_model(x)
     torch.testing.assert_close(got, reference_branchlora(layer, x, None, routing, 1))

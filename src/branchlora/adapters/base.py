@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from branchlora.adapters.config import AdapterConfig
+from branchlora.adapters.projection import project
 
 
 @dataclass
@@ -76,19 +77,12 @@ class AdapterLayer(nn.Module):
         """
         raise NotImplementedError
 
-    def dropout_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """(x with dropped entries zeroed, 1 / (1 - p)): dropout whose rescale the caller folds into its scale.
+    def project(self, x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor | None = None):
+        """(dropout(x) @ weight^T, x's flat token rows `rows` undropped or None, dropout's rescale 1 / (1 - p)).
 
-        Why not F.dropout: on a CPU it draws one float per element serially (about 4.5 ns each) and
-        then divides and multiplies.  Here one 64-bit draw yields four 16-bit uniforms, so p is
-        quantised to a multiple of 1/65536 (0.05 -> 0.050003); zeroing by a boolean mask needs no float mask.
+        The rescale is returned, not applied, so that each adapter folds it into the scale of its update.
         """
-        if not self.training or self.config.dropout == 0:
-            return x, 1.0
-        drop = round(self.config.dropout * 65536)  # dropped values of 65536
-        bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        dropped = bits.view(torch.int16)[: x.numel()].view(x.shape) < drop - 32768  # (..., d_in), P = p
-        return torch.where(dropped, 0.0, x), 65536 / (65536 - drop)
+        return project(x, weight, self.config.dropout if self.training else 0.0, rows)
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """The adapter's own parameters by name (the base layer excluded)."""

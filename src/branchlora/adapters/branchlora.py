@@ -102,14 +102,22 @@ class BranchLoRA(AdapterLayer):
         self.freeze_branches(structure["frozen"])
 
     # ---- routing ---------------------------------------------------------------------------------
+    def _mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        mask = self.context.attention_mask
+        return mask if mask is not None and mask.shape == x.shape[:2] else None  # else: no padding assumed
+
+    def first_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, d_in) -> (B,): flat token index (b * L + position) of each sequence's first non-padding token."""
+        mask, starts = self._mask_for(x), torch.arange(x.shape[0], device=x.device) * x.shape[1]
+        return starts if mask is None else starts + mask.long().argmax(dim=1).to(x.device)
+
     def routing_input(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, d_in) -> (B, d_in): the first non-padding token, or the mean over non-padding tokens."""
-        mask = self.context.attention_mask
-        if mask is None or mask.shape != x.shape[:2]:  # no mask for this input: no padding assumed
-            return x[:, 0] if self.routing == "first" else x.mean(dim=1)
         if self.routing == "first":
-            first = mask.long().argmax(dim=1)  # (B,) index of the first non-padding position
-            return x[torch.arange(x.shape[0], device=x.device), first]
+            return x.reshape(-1, x.shape[-1])[self.first_rows(x)]
+        mask = self._mask_for(x)
+        if mask is None:
+            return x.mean(dim=1)
         m = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
         return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
@@ -149,24 +157,27 @@ class BranchLoRA(AdapterLayer):
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # a bare (B, d_in) input: every row is its own one-token sequence
             return self.add_delta(out.unsqueeze(1), x.unsqueeze(1)).squeeze(1)
-        xd, keep = self.dropout_input(x)
-        z = xd @ self.lora_A.t()  # (B, L, r/N)
         if self.routing == "token":
+            z, _, keep = self.project(x, self.lora_A)  # (B, L, r/N)
             idx, w = self.route(x)  # (B, L, k) each
             gates = torch.zeros(*idx.shape[:-1], self.n_branches, dtype=w.dtype, device=w.device)
             gates = gates.scatter(-1, idx, w)  # (B, L, N), zero outside the top-k
             z = (gates.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)  # (B, L, N * r/N)
             return flat_addmm(out, z, torch.cat(tuple(self.lora_B), dim=1), self.scale * keep)
-        idx, w = self._sequence_route(x)  # (B, k) each
+        routed = self.context.reuse and self._cached_route is not None
+        rows = self.first_rows(x) if self.routing == "first" and not routed else None
+        z, h, keep = self.project(x, self.lora_A, rows)  # h: (B, d_in), each sequence's routing token
+        idx, w = self._sequence_route(x if h is None else h)  # (B, k) each
         b_eff = self.effective_b(idx, w).to(out.dtype)  # (B, d_out, r/N)
         # One batched matmul accumulated into the base output in place: rank r/N, no delta tensor.
         return out.baddbmm_(z.to(out.dtype), b_eff.transpose(1, 2), alpha=self.scale * keep)  # (B, L, d_out)
 
     def _sequence_route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One routing decision per sequence; cached at prefill when the context asks for reuse."""
+        """One routing decision per sequence, from x (B, L, d_in) or its routing rows (B, d_in); cached at
+        prefill when the context asks for reuse."""
         if self.context.reuse and self._cached_route is not None:
             return self._cached_route
-        route = self.route(self.routing_input(x))
+        route = self.route(x if x.dim() == 2 else self.routing_input(x))
         if self.context.reuse:
             self._cached_route = route
         return route

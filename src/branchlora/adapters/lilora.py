@@ -82,8 +82,7 @@ class LiLoRA(AdapterLayer):
         task = self._task()
         if not isinstance(task, int) and x.dim() == 2:  # a bare (B, d_in) input: one-token sequences
             return self.add_delta(out.unsqueeze(1), x.unsqueeze(1)).squeeze(1)
-        xd, keep = self.dropout_input(x)
-        z = xd @ self.lora_A.t()  # (B, L, r)
+        z, _, keep = self.project(x, self.lora_A)  # (B, L, r)
         if isinstance(task, int):
             return flat_addmm(out, z, self.task_b(task), self.scale * keep)
         tasks, which = task.unique(return_inverse=True)  # a few distinct tasks, never a loop over samples

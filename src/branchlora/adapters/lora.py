@@ -21,8 +21,7 @@ class LoRA(AdapterLayer):
         init_down(self.lora_A, config.init)
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        x, keep = self.dropout_input(x)
-        z = x @ self.lora_A.t()  # (..., r)
+        z, _, keep = self.project(x, self.lora_A)  # (..., r)
         return flat_addmm(out, z, self.lora_B, self.scale * keep)
 
     def delta_weight(self) -> torch.Tensor:

@@ -30,7 +30,6 @@ class MoELoRA(AdapterLayer):
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         gates = torch.softmax(self.router(x), dim=-1)  # (..., E)
-        x, keep = self.dropout_input(x)
-        z = x @ self.lora_A.t()  # (..., E * r/E)
+        z, _, keep = self.project(x, self.lora_A)  # (..., E * r/E)
         z = z * gates.repeat_interleave(self.expert_rank, dim=-1)  # expert i's chunk scaled by g_i
         return flat_addmm(out, z, self.lora_B, self.scale * keep)

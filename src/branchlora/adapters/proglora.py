@@ -159,9 +159,7 @@ class ProgLoRA(AdapterLayer):
             raise RuntimeError("ProgLoRA layers read the allocation of a TaskAllocator attached to the model")
         if alpha.shape != (x.shape[0], self.n_blocks):  # (B, T)
             raise ValueError(f"allocation {tuple(alpha.shape)} does not fit B={x.shape[0]}, T={self.n_blocks}")
-        xd, keep = self.dropout_input(x)
-        per_sample = (x.shape[0],) + (1,) * (x.dim() - 1)  # alpha_i broadcast over tokens and rank
-        for i in range(self.n_blocks):
-            z = (xd @ self.lora_A[i].t()) * alpha[:, i].view(per_sample).to(xd.dtype)  # (B, L, r)
-            out = flat_addmm(out, z, self.lora_B[i], self.scale * keep)
-        return out
+        z, _, keep = self.project(x, torch.cat(tuple(self.lora_A)))  # (B, ..., T * r): every block at once
+        gates = alpha.repeat_interleave(self.config.r, dim=1).to(z.dtype)  # (B, T * r), block i's chunk = alpha_i
+        z = z * gates.view(x.shape[0], *(1,) * (x.dim() - 2), -1)  # broadcast over tokens
+        return flat_addmm(out, z, torch.cat(tuple(self.lora_B), dim=1), self.scale * keep)
