@@ -36,6 +36,7 @@ def test_bench_reports_every_method_and_ratio():
         "merged_generation_vs_base",
     }
     assert all(v > 0 for v in result["ratios"].values())
+    assert set(result["audit"]) == {"frozen", "lora", "moelora", "branchlora"} and result["check"]["routing_agrees"]
 
 
 def test_cli_rejects_a_bad_device():
@@ -61,3 +62,25 @@ def test_in_place_fast_paths_have_exact_gradients(kind, routing, shape):
     x = torch.randn(*shape, 6, dtype=torch.float64, requires_grad=True)
     params = [p for p in layer.adapter_parameters().values() if p.requires_grad]
     assert torch.autograd.gradcheck(lambda x, *ps: layer(x), (x, *params), fast_mode=True)
+
+
+def test_adapters_add_no_host_sync_and_run_bf16_matmuls():
+    """Under bf16 autocast, a training step with each adapter syncs the host no more than the bare model does
+    (transformers' own mask check) and runs its matmuls in bf16; BranchLoRA's path includes dropout."""
+    from branchlora.bench.audit import audit_step
+
+    cpu = torch.device("cpu")
+    frozen = audit_step("frozen", cpu, TOY)
+    for method in ("lora", "moelora", "branchlora"):
+        audit = audit_step(method, cpu, TOY)
+        assert audit["host_syncs"] == frozen["host_syncs"], method
+        assert audit["float32_matmul_share"] < 1e-3, method
+
+
+def test_branchlora_check_against_float64():
+    from branchlora.bench.audit import check_branchlora
+
+    exact = check_branchlora(torch.device("cpu"), torch.float32)
+    assert exact["routing_agrees"] and max(v for k, v in exact.items() if k != "routing_agrees") < 1e-5
+    bf16 = check_branchlora(torch.device("cpu"), torch.bfloat16)
+    assert 1e-4 < bf16["out"] < 2e-2  # bf16 rounding, visible and bounded

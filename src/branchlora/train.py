@@ -25,6 +25,9 @@ from branchlora.methods.base import Method, StepContext, Task
 from branchlora.models.parts import projector
 
 
+LOSS_EVERY = 10  # optimizer steps between reads of the losses on the host
+
+
 @dataclass
 class TrainConfig:
     """How each task is trained (the CoIN recipe's defaults where they fit a tiny model)."""
@@ -136,7 +139,8 @@ def train_task(
                 optimizer.zero_grad(set_to_none=True)
             if accelerator.sync_gradients:
                 step += 1
-                last = {name: value.item() for name, value in ctx.losses.items()}
+                if step % LOSS_EVERY == 0 or step == updates:  # .item() waits for the device: not every step
+                    last = {name: value.item() for name, value in ctx.losses.items()}
                 if on_step is not None:
                     on_step(step, updates, last)
                 if step >= updates:

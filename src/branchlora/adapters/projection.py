@@ -2,9 +2,9 @@
 
 Autograd's graph for `where(mask, 0, x) @ A.T` plus a routing gather `x[rows]` allocates, per call, five
 tensors the size of x: the dropped input (saved for dA), the matmul's input gradient, a zero tensor and
-an output for the where's backward, and a zero tensor for the gather's backward.  On a CPU each fresh x-sized tensor costs
-about as much as the rank-r matmul (page faults on a new allocation), and on a GPU each is a full pass
-over memory.  `DroppedProjection` keeps only the boolean mask, recomputes the dropped input in the
+an output for the where's backward, and a zero tensor for the gather's backward.  On a CPU each fresh
+x-sized tensor costs about as much as the rank-r matmul (page faults on a new allocation), and on a GPU
+each is a full pass over memory.  `DroppedProjection` keeps only the boolean mask, recomputes the dropped input in the
 backward, and lets that same buffer receive the input gradient: two x-sized tensors per call, not five.
 """
 

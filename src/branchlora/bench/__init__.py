@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from branchlora.bench.audit import audit_step, check_branchlora
 from branchlora.bench.generation import bench_generation
 from branchlora.bench.layer import bench_layers
 from branchlora.bench.step import bench_step
@@ -42,6 +43,9 @@ class BenchSizes:
 FULL = BenchSizes()
 QUICK = replace(FULL, tokens=(1, 128), repeats=5, whole_warmup=0, whole_repeats=1, step_tokens=(1, 32),
                 step_warmup=1, step_repeats=1, gen_new=16, gen_repeats=4)  # fmt: skip
+# A GPU runs each adapter path in well under a millisecond: many more repeats for the same confidence.
+GPU = replace(FULL, warmup=10, repeats=100, whole_warmup=5, whole_repeats=50, step_warmup=5, step_repeats=30,
+              gen_repeats=10)  # fmt: skip
 
 
 def ratio(a: float, b: float) -> float:
@@ -54,6 +58,7 @@ def run_bench(sizes: BenchSizes = FULL, device: str = "cpu", dtype: str = "float
     layer = bench_layers(sizes, dev, dt)
     step = bench_step(sizes, dev, dt)
     generation = bench_generation(sizes, dev, dt)
+    audit = {method: audit_step(method, dev, sizes) for method in ("frozen", "lora", "moelora", "branchlora")}
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     return {
         "device": f"{dev.type} ({name}, {torch.get_num_threads()} threads)",
@@ -63,6 +68,8 @@ def run_bench(sizes: BenchSizes = FULL, device: str = "cpu", dtype: str = "float
         "layer": layer,
         "step": step,
         "generation": generation,
+        "audit": audit,  # one bf16-autocast training step: host syncs and float32 matmul share per method
+        "check": check_branchlora(dev, dt),  # relative errors against float64 on the CPU
         "ratios": {
             "branchlora_vs_moelora_layer": ratio(layer["branchlora"]["overhead_ms"], layer["moelora"]["overhead_ms"]),
             "branchlora_vs_moelora_step": ratio(step["branchlora"]["median_ms"], step["moelora"]["median_ms"]),

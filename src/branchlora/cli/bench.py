@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from branchlora.bench import FULL, QUICK, run_bench
+from branchlora.bench import FULL, GPU, QUICK, run_bench
 
 
 def _print_tables(result: dict) -> None:
@@ -33,6 +33,13 @@ def _print_tables(result: dict) -> None:
     console.print(f"generation ({gen['model']}): tokens/s " + ", ".join(
         f"{k} {gen[k]['tokens_per_s']:.1f}" for k in ("base", "branchlora_unmerged", "branchlora_merged")
     ))  # fmt: skip
+    console.print("bf16 training step, host syncs / float32 share of matmul FLOPs: " + ", ".join(
+        f"{m} {sum(a['host_syncs'].values())} / {a['float32_matmul_share']:.4f}" for m, a in result["audit"].items()
+    ))  # fmt: skip
+    check = result["check"]
+    console.print(f"BranchLoRA on {result['dtype']} vs float64: max relative error "
+                  f"{max(v for k, v in check.items() if k != 'routing_agrees'):.2e}, "
+                  f"routing agrees: {check['routing_agrees']}")  # fmt: skip
     console.print("ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in result["ratios"].items()))
 
 
@@ -50,7 +57,7 @@ def bench(
         raise typer.BadParameter("--device cuda: no CUDA device is available")
     if threads:
         torch.set_num_threads(threads)
-    result = run_bench(QUICK if quick else FULL, device, dtype)
+    result = run_bench(QUICK if quick else GPU if device == "cuda" else FULL, device, dtype)
     if as_json:
         print(json.dumps(result))
     else:
