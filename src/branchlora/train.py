@@ -24,7 +24,6 @@ from branchlora.batch import model_inputs
 from branchlora.methods.base import Method, StepContext, Task
 from branchlora.models.parts import projector
 
-
 LOSS_EVERY = 10  # optimizer steps between reads of the losses on the host
 
 

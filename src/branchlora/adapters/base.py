@@ -67,7 +67,7 @@ class AdapterLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        return self.add_delta(out, x.to(self._factory()["dtype"]))
+        return self.add_delta(out, x.to(self.base_layer.weight.dtype))
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Return out + the adapter's update for input x, written into `out` in place where possible.

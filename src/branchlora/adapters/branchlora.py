@@ -183,9 +183,17 @@ class BranchLoRA(AdapterLayer):
         return route
 
     def effective_b(self, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """sum_j w_j B_{idx_j}: (B, k), (B, k) -> (B, d_out, r/N), gathering only the chosen branches."""
-        chosen = torch.stack(tuple(self.lora_B))[idx]  # (B, k, d_out, r/N)
-        return torch.einsum("bk,bkor->bor", w.to(chosen.dtype), chosen)
+        """sum_j w_j B_{idx_j}: (B, k), (B, k) -> (B, d_out, r/N), one small matmul in weight space.
+
+        The gate vector is zero outside the top-k, so unchosen branches add nothing (and get a zero
+        gradient).  Mixing in weight space costs B * N * d_out * r/N multiply-adds, about N / tokens of one
+        rank-r/N pass over the tokens; a gather of the k chosen branches cost more, because its backward
+        (index_put with accumulation) sorts the indices on a GPU.
+        """
+        branches = torch.stack(tuple(self.lora_B))  # (N, d_out, r/N)
+        gates = torch.zeros(idx.shape[0], self.n_branches, dtype=branches.dtype, device=branches.device)
+        gates = gates.scatter(1, idx, w.to(branches.dtype))  # (B, N)
+        return (gates @ branches.flatten(1)).view(idx.shape[0], *branches.shape[1:])
 
     def routed_delta_weight(self, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """The dense update for one fixed routing (idx, w: (k,)): s * B_eff A, (d_out, d_in)."""

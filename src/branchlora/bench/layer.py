@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from branchlora.adapters import ADAPTERS, AdapterConfig
-from branchlora.bench.timing import saved_mb, time_fwd_bwd, tunable
+from branchlora.bench.timing import device_ms, saved_mb, time_fwd_bwd, tunable
 
 METHODS = ("linear", "peft_lora", "lora", "moelora", "hydralora", "branchlora")
 
@@ -72,15 +72,27 @@ def bench_shape(d_in: int, d_out: int, sizes, device: torch.device, dtype: torch
             "tunable": tunable(layer),
             "saved_mb": saved_mb(forward, [x, out, *layer.parameters()]),
         }
+        if device.type == "cuda":
+            entry["layer"]["device_ms"] = device_ms(lambda: forward().backward(grad), sizes.repeats)
         if method != "linear":
             with stubbed_base(base, out):
                 entry["adapter"] = time_fwd_bwd(forward, grad, sizes.warmup, sizes.repeats, device)
+                if device.type == "cuda":
+                    entry["adapter"]["device_ms"] = device_ms(lambda: forward().backward(grad), sizes.repeats)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             forward().backward(grad)
             entry["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         results[method] = entry
     return results
+
+
+def gpu_sums(rows: list[dict]) -> dict:
+    """Kernel time summed over the shapes (GPU only): whole layer and adapter path."""
+    if "device_ms" not in rows[0]["layer"]:
+        return {}
+    adapter = sum(row["adapter"]["device_ms"] for row in rows) if "adapter" in rows[0] else 0.0
+    return {"device_ms": sum(row["layer"]["device_ms"] for row in rows), "adapter_device_ms": adapter}
 
 
 def bench_layers(sizes, device: torch.device, dtype: torch.dtype) -> dict:
@@ -96,6 +108,7 @@ def bench_layers(sizes, device: torch.device, dtype: torch.dtype) -> dict:
             "adapter_fwd_ms": sum(a["fwd"]["median_ms"] for a in adapter) if adapter[0] else 0.0,
             "adapter_bwd_ms": sum(a["bwd"]["median_ms"] for a in adapter) if adapter[0] else 0.0,
             "tunable": sum(row["tunable"] for row in rows),
+            **gpu_sums(rows),
             "saved_mb": sum(row["saved_mb"] for row in rows),
             "shapes": {name: shape[method] for name, shape in per_shape.items()},
         }

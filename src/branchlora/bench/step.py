@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from branchlora.adapters import AdapterConfig, inject_adapters, unwrap
-from branchlora.bench.timing import summarise, sync, tunable
+from branchlora.bench.timing import device_ms, summarise, sync, tunable
 
 METHODS = ("lora", "moelora", "branchlora")
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -35,17 +35,24 @@ def build_stack(hidden: int, ffn: int, layers: int, device: torch.device, dtype:
 
 def time_steps(model: nn.Module, ids: torch.Tensor, warmup: int, repeats: int, device: torch.device) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        model(input_ids=ids, labels=ids).loss.backward()  # ids: (B, L)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     seconds = []
     for i in range(warmup + repeats):
         sync(device)
         t0 = time.perf_counter()
-        model(input_ids=ids, labels=ids).loss.backward()  # ids: (B, L)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step()
         sync(device)
         if i >= warmup:
             seconds.append(time.perf_counter() - t0)
-    return summarise(seconds)
+    result = summarise(seconds)
+    if device.type == "cuda":
+        result["device_ms"] = device_ms(step, repeats)
+    return result
 
 
 def bench_step(sizes, device: torch.device, dtype: torch.dtype) -> dict:

@@ -47,6 +47,22 @@ def time_fwd_bwd(
     }
 
 
+def device_ms(fn: Callable[[], object], repeats: int) -> float:
+    """GPU kernel time per call of fn, summed over its kernels: the device's work without the host's overhead.
+
+    On a GPU a small step is often host-bound (Python and kernel launches take longer than the kernels), so
+    wall time ranks the number of ops, not the work; this ranks the work.  torch.profiler, CUDA only.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.self_device_time_total for e in kernels) / repeats / 1e3  # microseconds -> ms
+
+
 def saved_mb(forward: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -> float:
     """MiB of tensors autograd keeps for the backward pass, `exclude` (input, weights) not counted.
 

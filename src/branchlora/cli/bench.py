@@ -14,20 +14,22 @@ from branchlora.bench import FULL, GPU, QUICK, run_bench
 
 def _print_tables(result: dict) -> None:
     console = Console()
+    gpu = "adapter_device_ms" in result["layer"]["branchlora"]  # kernel time, measured on a GPU only
     layer = Table(title=f"layer level, summed over {len(result['sizes']['shapes'])} shapes ({result['device']})")
-    for col in ("method", "layer ms", "adapter fwd+bwd ms", "fwd ms", "bwd ms", "saved MiB", "tunable"):
+    columns = ["method", "layer ms", "adapter fwd+bwd ms", "fwd ms", "bwd ms", "saved MiB", "tunable"]
+    for col in columns + (["layer kernel ms", "adapter kernel ms"] if gpu else []):
         layer.add_column(col, justify="left" if col == "method" else "right")
     for method, row in result["layer"].items():
-        layer.add_row(
-            method, f"{row['median_ms']:.1f}", f"{row['overhead_ms']:.1f}", f"{row['adapter_fwd_ms']:.1f}",
-            f"{row['adapter_bwd_ms']:.1f}", f"{row['saved_mb']:.1f}", f"{row['tunable']:,}",
-        )  # fmt: skip
+        cells = [f"{row[k]:.1f}" for k in ("median_ms", "overhead_ms", "adapter_fwd_ms", "adapter_bwd_ms", "saved_mb")]
+        kernel = [f"{row['device_ms']:.2f}", f"{row['adapter_device_ms']:.2f}"] if gpu else []
+        layer.add_row(method, *cells, f"{row['tunable']:,}", *kernel)
     console.print(layer)
     step = Table(title="training step (2 decoder layers)")
-    for col in ("method", "median ms", "iqr ms", "tunable"):
+    for col in ["method", "median ms", "iqr ms", "tunable"] + (["kernel ms"] if gpu else []):
         step.add_column(col, justify="left" if col == "method" else "right")
     for method, row in result["step"].items():
-        step.add_row(method, f"{row['median_ms']:.0f}", f"{row['iqr_ms']:.0f}", f"{row['tunable']:,}")
+        kernel = [f"{row['device_ms']:.2f}"] if gpu else []
+        step.add_row(method, f"{row['median_ms']:.0f}", f"{row['iqr_ms']:.0f}", f"{row['tunable']:,}", *kernel)
     console.print(step)
     gen = result["generation"]
     console.print(f"generation ({gen['model']}): tokens/s " + ", ".join(
