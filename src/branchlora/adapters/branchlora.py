@@ -135,7 +135,8 @@ class BranchLoRA(AdapterLayer):
         for t in task_ids.unique().tolist():  # a few distinct tasks per batch, never a loop over samples
             self._check_task(t)
             sel = task_ids == t
-            logits[sel, ..., : self.routers[t].shape[0]] = h[sel] @ self.routers[t].t()
+            part = h[sel] @ self.routers[t].t()  # bf16 under autocast, whatever h's dtype
+            logits[sel, ..., : self.routers[t].shape[0]] = part.to(logits.dtype)
         return logits
 
     def _check_task(self, t: int) -> None:
