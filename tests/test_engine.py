@@ -170,13 +170,23 @@ def test_lwf_term_is_zero_when_student_equals_teacher():
     assert distillation_loss(logits, torch.randn(2, 5, 11), mask, 2.0) > 0
 
 
-@pytest.mark.parametrize("name", ["lora", "moelora", "hydralora", "branchlora", "lilora", "proglora", "ewc", "lwf"])
-def test_every_method_trains_and_evaluates_under_bf16_autocast(base, tmp_path, name):
-    """`train.mixed_precision=bf16` (autocast; on a GPU in practice): mixed float32 / bf16 tensors must meet
-    nowhere, in training, the methods' task-end passes, or the selector's per-sample routing at test time."""
+@pytest.fixture
+def bf16_accelerator():
+    """An Accelerator with bf16 autocast; Accelerate's process-wide state is reset before and after."""
+    from accelerate.state import AcceleratorState
+
     from branchlora.train import make_accelerator
 
-    accelerator = make_accelerator(TrainConfig(mixed_precision="bf16"), cpu=True)
+    AcceleratorState._reset_state(True)
+    yield make_accelerator(TrainConfig(mixed_precision="bf16"), cpu=True)
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("name", ["lora", "moelora", "hydralora", "branchlora", "lilora", "proglora", "ewc", "lwf"])
+def test_every_method_trains_and_evaluates_under_bf16_autocast(base, tmp_path, name, bf16_accelerator):
+    """`train.mixed_precision=bf16` (autocast; on a GPU in practice): mixed float32 / bf16 tensors must meet
+    nowhere, in training, the methods' task-end passes, or the selector's per-sample routing at test time."""
+    accelerator = bf16_accelerator
     if name == "lilora":  # LiLoRA's sub-rank basis needs its own adapter shape
         method, model = get_method(name)({**LORA, "sub_rank": 4}), fresh(base[1])
         result = run_method(method, model, base[2], TRAIN, EVAL, tmp_path, accelerator=accelerator)

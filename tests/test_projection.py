@@ -45,9 +45,10 @@ def test_under_autocast_the_backward_follows_the_forward_dtype():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
 
 
-def test_dropout_mask_drops_p_and_reports_the_rescale():
+@pytest.mark.parametrize("packed", [True, False])  # the CPU's packed 16-bit draws, the GPU's bernoulli_
+def test_dropout_mask_drops_p_and_reports_the_rescale(packed):
     x = torch.empty(400, 500)
-    dropped, keep = dropout_mask(x, 0.05)
+    dropped, keep = dropout_mask(x, 0.05, packed)
     assert dropped.shape == x.shape and dropped.dtype == torch.bool
     assert dropped.float().mean().item() == pytest.approx(0.05, abs=0.002)  # 200k draws: sd 0.0005
     assert keep == pytest.approx(1 / 0.95, rel=1e-4)

@@ -22,12 +22,15 @@ class RoutingContext:
         later forward inside the context, as KV-cached generation needs.
     allocation: (B, T) per-sample weights over task blocks, computed once per forward by a model-level
         allocator (ProgLoRA) and read by every layer; cleared when a context opens.
+    first_rows: (attention_mask, (B, L), rows): the routing-token positions the first routed layer found,
+        reused by every later layer that sees the same mask and shape; cleared when a context opens.
     """
 
     task_ids: int | torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
     reuse: bool = False
     allocation: torch.Tensor | None = None
+    first_rows: tuple[torch.Tensor | None, tuple[int, int], torch.Tensor] | None = None
 
 
 def init_down(weight: torch.Tensor, init: str) -> None:

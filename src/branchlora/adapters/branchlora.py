@@ -107,9 +107,17 @@ class BranchLoRA(AdapterLayer):
         return mask if mask is not None and mask.shape == x.shape[:2] else None  # else: no padding assumed
 
     def first_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, d_in) -> (B,): flat token index (b * L + position) of each sequence's first non-padding token."""
-        mask, starts = self._mask_for(x), torch.arange(x.shape[0], device=x.device) * x.shape[1]
-        return starts if mask is None else starts + mask.long().argmax(dim=1).to(x.device)
+        """(B, L, d_in) -> (B,): flat token index (b * L + position) of each sequence's first non-padding token.
+
+        Every layer of one forward sees the same mask: the first computes the rows, the others reuse them.
+        """
+        mask, shape, cached = self._mask_for(x), tuple(x.shape[:2]), self.context.first_rows
+        if cached is not None and cached[0] is mask and cached[1] == shape and cached[2].device == x.device:
+            return cached[2]
+        rows = torch.arange(x.shape[0], device=x.device) * x.shape[1]
+        rows = rows if mask is None else rows + mask.long().argmax(dim=1).to(x.device)
+        self.context.first_rows = (mask, shape, rows)
+        return rows
 
     def routing_input(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, d_in) -> (B, d_in): the first non-padding token, or the mean over non-padding tokens."""
@@ -169,9 +177,10 @@ class BranchLoRA(AdapterLayer):
         rows = self.first_rows(x) if self.routing == "first" and not routed else None
         z, h, keep = self.project(x, self.lora_A, rows)  # h: (B, d_in), each sequence's routing token
         idx, w = self._sequence_route(x if h is None else h)  # (B, k) each
-        b_eff = self.effective_b(idx, w).to(out.dtype)  # (B, d_out, r/N)
-        # One batched matmul accumulated into the base output in place: rank r/N, no delta tensor.
-        return out.baddbmm_(z.to(out.dtype), b_eff.transpose(1, 2), alpha=self.scale * keep)  # (B, L, d_out)
+        b_eff = self.effective_b(idx, w * (self.scale * keep)).to(out.dtype)  # (B, d_out, r/N), scale folded in
+        # One batched matmul accumulated into the base output in place: rank r/N, no delta tensor.  With
+        # alpha = 1 its backward has no extra multiplications over the (B, L, r/N) and (B, r/N, d_out) tensors.
+        return out.baddbmm_(z.to(out.dtype), b_eff.transpose(1, 2))  # (B, L, d_out)
 
     def _sequence_route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One routing decision per sequence, from x (B, L, d_in) or its routing rows (B, d_in); cached at

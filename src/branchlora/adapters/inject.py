@@ -108,12 +108,13 @@ def routing_context(
     context = layers[0].context
     saved = (context.task_ids, context.attention_mask, context.reuse, context.allocation)
     context.task_ids, context.attention_mask, context.reuse = task_ids, attention_mask, reuse
-    context.allocation = None  # an allocator (ProgLoRA) fills it at the first forward inside
+    context.allocation = context.first_rows = None  # filled at the first forward inside
     _clear_cached_routes(layers)
     try:
         yield context
     finally:
         context.task_ids, context.attention_mask, context.reuse, context.allocation = saved
+        context.first_rows = None
         _clear_cached_routes(layers)
 
 

@@ -14,15 +14,18 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
-def dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor | None, float]:
+def dropout_mask(x: torch.Tensor, p: float, packed: bool | None = None) -> tuple[torch.Tensor | None, float]:
     """(boolean mask of dropped entries or None, the rescale 1 / (1 - p) the caller folds into its scale).
 
-    Why not `bernoulli_`: on a CPU it draws one float per element serially (about 4.5 ns each).  Here one
-    64-bit draw yields four 16-bit uniforms, so p is quantised to a multiple of 1/65536 (0.05 -> 0.050003).
+    On a GPU, `bernoulli_` writes the mask in one kernel.  On a CPU it draws one float per element serially
+    (about 4.5 ns each), so there (`packed`, the default off a GPU) one 64-bit draw yields four 16-bit
+    uniforms and p is quantised to a multiple of 1/65536 (0.05 -> 0.050003).
     """
     drop = round(p * 65536)  # dropped values of 65536
     if drop == 0:
         return None, 1.0
+    if not (x.device.type == "cpu" if packed is None else packed):
+        return torch.empty_like(x, dtype=torch.bool).bernoulli_(p), 1 / (1 - p)
     bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
     return bits.view(torch.int16)[: x.numel()].view(x.shape) < drop - 32768, 65536 / (65536 - drop)
 
