@@ -32,6 +32,7 @@ class BenchSizes:
     step_tokens: tuple[int, int] = (2, 256)
     step_warmup: int = 1
     step_repeats: int = 3
+    step_inner: int = 1  # steps back to back per timed sample (a GPU overlaps one step's launches with the last)
     gen_hidden: int = 512
     gen_ffn: int = 1376
     gen_layers: int = 4
@@ -47,7 +48,7 @@ QUICK = replace(FULL, tokens=(1, 128), repeats=5, whole_warmup=0, whole_repeats=
 # tokens an H100 is host-bound (launch and Python time exceed kernel time), so the GPU run uses a LLaVA
 # training micro-batch, 16 x 1024 tokens (and 8 x 512 for the step), where the device's work shows.
 GPU = replace(FULL, tokens=(16, 1024), warmup=10, repeats=50, whole_warmup=5, whole_repeats=30, step_tokens=(8, 512),
-              step_warmup=5, step_repeats=20, gen_repeats=10)  # fmt: skip
+              step_warmup=2, step_repeats=10, step_inner=5, gen_repeats=10)  # fmt: skip
 
 
 def ratio(a: float, b: float) -> float:
