@@ -84,3 +84,22 @@ def test_branchlora_check_against_float64():
     assert exact["routing_agrees"] and max(v for k, v in exact.items() if k != "routing_agrees") < 1e-5
     bf16 = check_branchlora(torch.device("cpu"), torch.bfloat16)
     assert 1e-4 < bf16["out"] < 2e-2  # bf16 rounding, visible and bounded
+
+
+def test_kernel_times_are_a_separate_last_pass(monkeypatch):
+    """On a GPU the kernel-time pass runs after every wall-clock timing; here device_ms is replaced by a
+    stand-in that runs the step once and counts, so the pass is checked on a CPU."""
+    calls = []
+
+    def fake_device_ms(fn, repeats):
+        fn()
+        calls.append(repeats)
+        return 2.0
+
+    monkeypatch.setattr("branchlora.bench.layer.device_ms", fake_device_ms)
+    monkeypatch.setattr("branchlora.bench.step.device_ms", fake_device_ms)
+    result = run_bench(TOY, kernel_times=True)
+    assert result["layer"]["branchlora"]["adapter_device_ms"] == 2.0 * len(TOY.shapes)
+    assert result["layer"]["linear"]["adapter_device_ms"] == 0.0 and result["step"]["moelora"]["device_ms"] == 2.0
+    assert result["ratios"]["branchlora_vs_moelora_layer_device"] == 1.0
+    assert len(calls) == len(TOY.shapes) * (2 * 6 - 1) + 4  # whole + adapter per method (linear: whole), 4 steps

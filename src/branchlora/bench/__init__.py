@@ -9,7 +9,7 @@ import torch
 
 from branchlora.bench.audit import audit_step, check_branchlora
 from branchlora.bench.generation import bench_generation
-from branchlora.bench.layer import bench_layers
+from branchlora.bench.layer import bench_layers, layer_kernels
 from branchlora.bench.step import bench_step
 
 
@@ -70,12 +70,24 @@ def device_ratios(layer: dict, step: dict) -> dict:
     }
 
 
-def run_bench(sizes: BenchSizes = FULL, device: str = "cpu", dtype: str = "float32") -> dict:
-    """Run the three levels and return {device, layer, step, generation, ratios, ...}."""
+def run_bench(
+    sizes: BenchSizes = FULL, device: str = "cpu", dtype: str = "float32", kernel_times: bool | None = None
+) -> dict:
+    """Run the three levels and return {device, layer, step, generation, ratios, ...}.
+
+    kernel_times (default: on a GPU) adds each layer's and step's GPU kernel time, measured after every
+    wall-clock timing: the profiler leaves CUPTI attached, which slows every later kernel launch
+    (pytorch/pytorch#144455), so no wall-clock figure may be taken after it.
+    """
     dev, dt = torch.device(device), getattr(torch, dtype)
     layer = bench_layers(sizes, dev, dt)
     step = bench_step(sizes, dev, dt)
     generation = bench_generation(sizes, dev, dt)
+    if dev.type == "cuda" if kernel_times is None else kernel_times:
+        for method, kernels in layer_kernels(sizes, dev, dt).items():
+            layer[method].update(kernels)
+        for method, kernels in bench_step(sizes, dev, dt, kernels=True).items():
+            step[method].update(kernels)
     audit = {method: audit_step(method, dev, sizes) for method in ("frozen", "lora", "moelora", "branchlora")}
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     return {

@@ -49,8 +49,11 @@ def stubbed_base(base: nn.Linear, out: torch.Tensor) -> Iterator[None]:
         del base.forward
 
 
-def bench_shape(d_in: int, d_out: int, sizes, device: torch.device, dtype: torch.dtype) -> dict:
-    """Every method on one (d_in -> d_out) Linear: whole layer, adapter path, memory, parameters."""
+def bench_shape(d_in: int, d_out: int, sizes, device: torch.device, dtype: torch.dtype, kernels: bool = False) -> dict:
+    """Every method on one (d_in -> d_out) Linear: whole layer, adapter path, memory, parameters.
+
+    kernels=True measures instead the GPU kernel time of the whole layer and of the adapter path.
+    """
     torch.manual_seed(0)
     base = nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype).requires_grad_(False)
     x = torch.randn(*sizes.tokens, d_in, device=device, dtype=dtype, requires_grad=True)  # (B, L, d_in)
@@ -66,19 +69,21 @@ def bench_shape(d_in: int, d_out: int, sizes, device: torch.device, dtype: torch
             layer.zero_grad(set_to_none=True)
             return layer(x)
 
+        if kernels:
+            results[method] = {"device_ms": device_ms(lambda: forward().backward(grad), sizes.repeats)}
+            if method != "linear":
+                with stubbed_base(base, out):
+                    results[method]["adapter_device_ms"] = device_ms(lambda: forward().backward(grad), sizes.repeats)
+            continue
         whole = time_fwd_bwd(forward, grad, sizes.whole_warmup, sizes.whole_repeats, device)
         entry = {
             "layer": whole,
             "tunable": tunable(layer),
             "saved_mb": saved_mb(forward, [x, out, *layer.parameters()]),
         }
-        if device.type == "cuda":
-            entry["layer"]["device_ms"] = device_ms(lambda: forward().backward(grad), sizes.repeats)
         if method != "linear":
             with stubbed_base(base, out):
                 entry["adapter"] = time_fwd_bwd(forward, grad, sizes.warmup, sizes.repeats, device)
-                if device.type == "cuda":
-                    entry["adapter"]["device_ms"] = device_ms(lambda: forward().backward(grad), sizes.repeats)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             forward().backward(grad)
@@ -87,12 +92,15 @@ def bench_shape(d_in: int, d_out: int, sizes, device: torch.device, dtype: torch
     return results
 
 
-def gpu_sums(rows: list[dict]) -> dict:
-    """Kernel time summed over the shapes (GPU only): whole layer and adapter path."""
-    if "device_ms" not in rows[0]["layer"]:
-        return {}
-    adapter = sum(row["adapter"]["device_ms"] for row in rows) if "adapter" in rows[0] else 0.0
-    return {"device_ms": sum(row["layer"]["device_ms"] for row in rows), "adapter_device_ms": adapter}
+def layer_kernels(sizes, device: torch.device, dtype: torch.dtype) -> dict:
+    """{method: {device_ms, adapter_device_ms}}: GPU kernel time summed over the shapes."""
+    per_shape = [bench_shape(i, o, sizes, device, dtype, kernels=True) for i, o in sizes.shapes]
+    return {
+        method: {
+            key: sum(shape[method].get(key, 0.0) for shape in per_shape) for key in ("device_ms", "adapter_device_ms")
+        }
+        for method in METHODS
+    }
 
 
 def bench_layers(sizes, device: torch.device, dtype: torch.dtype) -> dict:
@@ -108,7 +116,6 @@ def bench_layers(sizes, device: torch.device, dtype: torch.dtype) -> dict:
             "adapter_fwd_ms": sum(a["fwd"]["median_ms"] for a in adapter) if adapter[0] else 0.0,
             "adapter_bwd_ms": sum(a["bwd"]["median_ms"] for a in adapter) if adapter[0] else 0.0,
             "tunable": sum(row["tunable"] for row in rows),
-            **gpu_sums(rows),
             "saved_mb": sum(row["saved_mb"] for row in rows),
             "shapes": {name: shape[method] for name, shape in per_shape.items()},
         }
