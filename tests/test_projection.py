@@ -13,20 +13,24 @@ def unfused(x, weight, dropped, rows):
 
 @pytest.mark.parametrize("with_mask", [True, False])
 @pytest.mark.parametrize("with_rows", [True, False])
-def test_values_and_gradients_equal_autograd_on_the_unfused_math(with_mask, with_rows):
+@pytest.mark.parametrize("weight_trains", [True, False])  # a frozen A (BranchLoRA's frozen-trunk variant)
+def test_values_and_gradients_equal_autograd_on_the_unfused_math(with_mask, with_rows, weight_trains):
     x = torch.randn(10, 7, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 7, dtype=torch.float64, requires_grad=weight_trains)
     dropped = torch.rand(10, 7) < 0.3 if with_mask else None
     rows = torch.tensor([0, 4, 4, 9]) if with_rows else None  # a repeated row: its gradients add up
     got = DroppedProjection.apply(x, weight, dropped, rows)
     expected = unfused(x, weight, dropped, rows)
     outputs = [t for t in got if t is not None]
     grads = [torch.randn_like(t) for t in outputs]
-    ours = torch.autograd.grad(outputs, [x, weight], grads)
-    theirs = torch.autograd.grad([t for t in expected if t is not None], [x, weight], grads)
+    inputs = [x, weight] if weight_trains else [x]
+    ours = torch.autograd.grad(outputs, inputs, grads)
+    theirs = torch.autograd.grad([t for t in expected if t is not None], inputs, grads)
     for a, b in zip([*outputs, *ours], [*(t for t in expected if t is not None), *theirs], strict=True):
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda x, w: DroppedProjection.apply(x, w, dropped, rows)[0], (x, weight))
+    if with_rows:  # the routing rows' gradient alone, through h
+        assert torch.autograd.gradcheck(lambda x: DroppedProjection.apply(x, weight, dropped, rows)[1], (x,))
 
 
 def test_under_autocast_the_backward_follows_the_forward_dtype():

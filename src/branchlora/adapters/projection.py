@@ -4,8 +4,9 @@ Autograd's graph for `where(mask, 0, x) @ A.T` plus a routing gather `x[rows]` a
 tensors the size of x: the dropped input (saved for dA), the matmul's input gradient, a zero tensor and
 an output for the where's backward, and a zero tensor for the gather's backward.  On a CPU each fresh
 x-sized tensor costs about as much as the rank-r matmul (page faults on a new allocation), and on a GPU
-each is a full pass over memory.  `DroppedProjection` keeps only the boolean mask, recomputes the dropped input in the
-backward, and lets that same buffer receive the input gradient: two x-sized tensors per call, not five.
+each is a full pass over memory.  `DroppedProjection` keeps only the boolean mask, recomputes the dropped
+input in the backward, and lets that same buffer receive the input gradient: two x-sized tensors per
+call, not five.
 """
 
 from __future__ import annotations
@@ -51,14 +52,14 @@ class DroppedProjection(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dz, dh):
         x, weight, dropped, rows = ctx.saved_tensors
-        dx = dweight = None
+        dx = dweight = xd = None
         d_in, dz = x.shape[-1], dz.reshape(-1, dz.shape[-1])  # (T, r)
-        xd = x if dropped is None else torch.where(dropped, 0.0, x)  # recomputed: the mask is all that was kept
         if ctx.needs_input_grad[1]:
+            xd = x if dropped is None else torch.where(dropped, 0.0, x)  # recomputed: only the mask was kept
             dweight = (dz.t() @ xd.view(-1, d_in).to(dz.dtype)).to(weight.dtype)  # (r, d_in)
         if ctx.needs_input_grad[0]:
-            reuse = dropped is not None and xd.dtype == dz.dtype  # xd is ours and no longer needed
-            dx = torch.empty_like(x, dtype=dz.dtype) if not reuse else xd  # (..., d_in)
+            reuse = xd is not None and xd is not x and xd.dtype == dz.dtype  # our buffer, no longer needed
+            dx = xd if reuse else torch.empty_like(x, dtype=dz.dtype)  # (..., d_in)
             torch.mm(dz, weight.to(dz.dtype), out=dx.view(-1, d_in))
             if dropped is not None:
                 dx.masked_fill_(dropped, 0)

@@ -23,7 +23,8 @@ MATMULS = {"mm", "bmm", "addmm", "baddbmm", "addbmm"}
 
 
 class OpAudit(TorchDispatchMode):
-    """Counts syncing ops (on non-CPU tensors, or every one when the device is a CPU) and matmul FLOPs by dtype."""
+    """Counts the ops that make the host wait for the device (on a GPU; counted alike on a CPU) and the
+    matmul FLOPs by operand dtype."""
 
     def __init__(self) -> None:
         super().__init__()
