@@ -8,12 +8,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from branchlora.continual import StreamData
+from branchlora.continual import StreamData, run_method
 from branchlora.data.benchmark import TestExample, TrainExample
 from branchlora.data.collate import Collator
+from branchlora.evaluation.evaluate import EvalConfig
+from branchlora.methods import get_method
 from branchlora.models.loading import load_base
 from branchlora.models.pretrain import PretrainConfig
 from branchlora.models.tiny import TinyConfig
+from branchlora.train import TrainConfig
 
 MICRO = TinyConfig(vision_hidden=32, vision_layers=1, hidden=64, layers=2, heads=2, intermediate=128, vocab_size=400)
 MICRO_PRETRAIN = PretrainConfig(steps=20, batch_size=4, lr=3e-3, warmup=5, tokenizer_texts=200, heldout=4)
@@ -26,6 +29,17 @@ TOY = [
     ("count", (240, 240, 240), "How many dots are drawn here?", "two"),
     ("shape", (30, 30, 200), "Name the shape in the middle.", "circle"),
 ]
+
+
+# A short run on the small toy stream, for the sibling methods' lifecycle tests.
+TOY_TRAIN = TrainConfig(max_steps=4, batch_size=4, lr=5e-3)
+TOY_EVAL = EvalConfig(batch_size=8, max_new_tokens=4, limit=2)
+
+
+def run_toy(name: str, adapter: dict, toy: tuple, out: Path) -> tuple:
+    """(method, model, result, out) of `name` trained through the toy tasks from a fresh copy of the base."""
+    method, model = get_method(name)(adapter), fresh(toy[0])
+    return method, model, run_method(method, model, toy[1], TOY_TRAIN, TOY_EVAL, out), out
 
 
 def micro_base(cache: Path):

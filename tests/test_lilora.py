@@ -10,18 +10,15 @@ from torch import nn
 
 from branchlora.adapters import AdapterConfig, LiLoRA, adapter_layers, inject_adapters, routing_context
 from branchlora.continual import load_checkpoint, run_method
-from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.methods import Task, get_method
 from branchlora.methods.lilora import merge_lilora_task, stability_loss
 from branchlora.models.parts import projector
 from branchlora.params import count_parameters
-from branchlora.train import TrainConfig, param_groups
+from branchlora.train import param_groups
 
-from engine_support import fresh
+from engine_support import TOY_EVAL, TOY_TRAIN, fresh, run_toy
 
 ADAPTER = {"r": 8, "alpha": 16, "sub_rank": 4}
-TRAIN = TrainConfig(max_steps=4, batch_size=4, lr=5e-3)
-EVAL = EvalConfig(batch_size=8, max_new_tokens=4, limit=2)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +29,7 @@ def base(small_toy):
 @pytest.fixture(scope="module")
 def trained(base, tmp_path_factory):
     """LiLoRA run through the three toy tasks, with its per-task checkpoints."""
-    out = tmp_path_factory.mktemp("lilora")
-    method, model = get_method("lilora")(ADAPTER), fresh(base[0])
-    return method, model, run_method(method, model, base[1], TRAIN, EVAL, out), out
+    return run_toy("lilora", ADAPTER, base, tmp_path_factory.mktemp("lilora"))
 
 
 def random_layer(tasks: int = 3) -> LiLoRA:
@@ -106,8 +101,8 @@ def test_projector_is_wrapped_frozen_and_its_adapters_train(base):
     assert all(layer.lora_A.requires_grad and layer.lora_B0.requires_grad for layer in wrapped)
     names = [name for name, _ in adapter_layers(model)]
     assert sum(n.endswith(("gate_proj", "up_proj", "down_proj")) for n in names) == 3 * 2 and len(names) == 8
-    (group,) = param_groups(model, method, TRAIN)  # no projector group: its adapters train at the adapter lr
-    assert group["lr"] == TRAIN.lr and len(group["params"]) == sum(p.requires_grad for p in model.parameters())
+    (group,) = param_groups(model, method, TOY_TRAIN)  # no projector group: its adapters train at the adapter lr
+    assert group["lr"] == TOY_TRAIN.lr and len(group["params"]) == sum(p.requires_grad for p in model.parameters())
 
 
 def test_old_task_parts_stay_bit_identical(trained, base):
@@ -149,7 +144,9 @@ def test_checkpoint_restores_every_part_and_resume_matches(trained, base, tmp_pa
             assert torch.equal(value, again.adapter_parameters()[key]), (name, key)
     assert all(torch.equal(a, b) for a, b in zip(method.keys.key_img, restored_method.keys.key_img, strict=True))
     shutil.copytree(out / "task-01", tmp_path / "task-01")
-    resumed = run_method(get_method("lilora")(ADAPTER), fresh(base[0]), base[1], TRAIN, EVAL, tmp_path, resume=True)
+    resumed = run_method(
+        get_method("lilora")(ADAPTER), fresh(base[0]), base[1], TOY_TRAIN, TOY_EVAL, tmp_path, resume=True
+    )
     assert resumed.matrix == result.matrix
 
 

@@ -11,17 +11,13 @@ from branchlora.adapters import AdapterConfig, ProgLoRA, TaskAllocator, adapter_
 from branchlora.adapters.proglora import allocation, max_pool
 from branchlora.batch import model_inputs
 from branchlora.continual import load_checkpoint, run_method
-from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.methods import Task, get_method
 from branchlora.methods.proglora import identity_loss
 from branchlora.params import count_parameters
-from branchlora.train import TrainConfig
 
-from engine_support import fresh
+from engine_support import TOY_EVAL, TOY_TRAIN, fresh, run_toy
 
 ADAPTER = {"r": 8, "alpha": 16}
-TRAIN = TrainConfig(max_steps=4, batch_size=4, lr=5e-3)
-EVAL = EvalConfig(batch_size=8, max_new_tokens=4, limit=2)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +28,7 @@ def base(small_toy):
 @pytest.fixture(scope="module")
 def trained(base, tmp_path_factory):
     """ProgLoRA run through the three toy tasks, with its per-task checkpoints."""
-    out = tmp_path_factory.mktemp("proglora")
-    method, model = get_method("proglora")(ADAPTER), fresh(base[0])
-    return method, model, run_method(method, model, base[1], TRAIN, EVAL, out), out
+    return run_toy("proglora", ADAPTER, base, tmp_path_factory.mktemp("proglora"))
 
 
 def test_block_mixture_matches_float64_reference():
@@ -142,7 +136,7 @@ def test_checkpoint_restores_every_key_block_and_output(trained, base):
 def test_resume_after_task_two_reproduces_the_matrix(trained, base, tmp_path):
     shutil.copytree(trained[3] / "task-01", tmp_path / "task-01")
     method, model = get_method("proglora")(ADAPTER), fresh(base[0])
-    resumed = run_method(method, model, base[1], TRAIN, EVAL, tmp_path, resume=True)
+    resumed = run_method(method, model, base[1], TOY_TRAIN, TOY_EVAL, tmp_path, resume=True)
     assert resumed.matrix == trained[2].matrix
 
 
