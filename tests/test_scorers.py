@@ -1,9 +1,12 @@
 """Scorers: the tricky cases of each CoIN rule."""
 
+import random
+import re
+
 import pytest
 
 from branchlora.data.benchmark import TestExample
-from branchlora.evaluation.scorers import SCORERS, normalize_vqa, parse_box, score
+from branchlora.evaluation.scorers import CONTRACTIONS, SCORERS, normalize_vqa, parse_box, score
 
 
 def ex(answer, bbox=None, size=None) -> TestExample:
@@ -79,3 +82,107 @@ def test_unknown_metric_names_known_ones():
     with pytest.raises(KeyError, match="option_letter"):
         score("bleu", "x", ex("x"))
     assert set(SCORERS) == {"option_letter", "vqa_soft", "contains", "exact_match", "bbox_iou"}
+
+
+# An independent reference of EvalAI's published answer processor and TextVQA accuracy (m4c_evaluator),
+# written from its rules rather than from our scorer, with its own tables for the words generated below.
+REF_MARKS = ';/[]"{}()=+\\_-><@`,?!'
+REF_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+               "seven": "7", "eight": "8", "nine": "9", "ten": "10"}  # fmt: skip
+REF_CONTRACTIONS = {"dont": "don't", "isnt": "isn't", "yall": "y'all", "somebody'd": "somebodyd",
+                    "let's": "let's", "Im": "I'm", "it'dve": "it'd've", "whats": "what's", "cant": "can't"}  # fmt: skip
+
+
+def ref_normalize(answer: str) -> str:
+    text = answer.lower()
+    text = text.replace(",", "")
+    text = text.replace("?", "")
+    text = text.replace("'s", " 's").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    before = text
+    comma_between_digits = re.search(r"[0-9],+[0-9]", before) is not None
+    for mark in REF_MARKS:
+        touches_space = (mark + " ") in before or (" " + mark) in before
+        text = text.replace(mark, "" if comma_between_digits or touches_space else " ")
+    kept, removed = [], 0
+    for i, char in enumerate(text):
+        followed_by_digit = i + 1 < len(text) and text[i + 1] in "0123456789"
+        if char == "." and not followed_by_digit and removed < 32:
+            removed += 1
+            continue
+        kept.append(char)
+    words = []
+    for word in "".join(kept).lower().split():
+        word = REF_NUMBERS.get(word, word)
+        if word not in ("a", "an", "the"):
+            words.append(word)
+    return " ".join(REF_CONTRACTIONS.get(w, w) for w in words)
+
+
+def ref_textvqa_accuracy(prediction: str, humans: list[str]) -> float:
+    pred = ref_normalize(prediction)
+    gts = [ref_normalize(h) for h in humans]
+    total = 0.0
+    for i in range(len(gts)):
+        matches = len([j for j in range(len(gts)) if j != i and gts[j] == pred])
+        total += min(1.0, matches / 3)
+    return total / len(gts)
+
+
+TOKENS = [
+    "dog", "Cat", "STOP", "red", "yes", "no", "coca-cola", "t-shirt", "50", "3.5", "1,000", "10%", "%", "two",
+    "Three", "NONE", "ten", "a", "an", "The", "dont", "don't", "Dont", "isnt", "im", "Im", "yall", "somebody'd",
+    "let's", "lets", "dog's", "MARY'S", "it's", "'s", "end.", "e.g.", "u.s.a", "a.m.", "?", "!", "(note)", "[x]",
+    "a/b", "x_y", "#1", "$5", "&", "@home", "`q`", ";", '"quoted"', "<b>", "+", "=", "\\", ",", ".", "...",
+    "it'dve", "whats", "cant", "2,5", "v1.2.", "-",
+]  # fmt: skip
+SEPARATORS = (" ", " ", "", ", ", "  ", "\n", "\t", " - ", "?")
+
+
+def random_answer(rng: random.Random) -> str:
+    parts = [rng.choice(TOKENS) for _ in range(rng.randint(1, 5))]
+    text = parts[0]
+    for part in parts[1:]:
+        text += rng.choice(SEPARATORS) + part
+    return text if rng.random() < 0.8 else text.upper()
+
+
+def test_normalisation_matches_evalai_reference_on_generated_answers():
+    rng = random.Random(0)
+    for _ in range(600):
+        text = random_answer(rng)
+        assert normalize_vqa(text) == ref_normalize(text), text
+    many_periods = "x. " * 40  # EvalAI removes at most 32 periods (its count argument is re.UNICODE)
+    assert normalize_vqa(many_periods) == ref_normalize(many_periods) == " ".join(["x"] * 32 + ["x."] * 8)
+
+
+def test_vqa_soft_matches_evalai_textvqa_accuracy_on_generated_cases():
+    rng = random.Random(1)
+    compared = 0
+    for _ in range(400):
+        pool = [random_answer(rng) for _ in range(3)]
+        humans = [rng.choice(pool) for _ in range(10)]
+        humans = [h.upper() if rng.random() < 0.2 else h for h in humans]
+        prediction = rng.choice(pool + [random_answer(rng)])
+        expected = ref_textvqa_accuracy(prediction, humans) if ref_normalize(prediction) else 0.0
+        assert score("vqa_soft", prediction, ex(humans)) == pytest.approx(expected), (prediction, humans)
+        compared += expected > 0
+    assert compared > 100  # the generator gives partial and full credit, not only zeros
+
+
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [("Dont", "don't"), ("50 %", "50 %"), ("50%", "50%"), ("It's Mary's dog", "it 's mary 's dog"),
+     ("1,000", "1000"), ("What?", "what"), ("the U.S.A.", "usa"), ("version 2.0.", "version 2.0"),
+     ("well-known", "well known"), ("well-known - yes", "wellknown yes"), ("Im", "im"),
+     ("somebody'd", "somebodyd"), ("Two dogs.", "2 dogs"), ("x (y)", "x y"), ("#1 & $5", "#1 & $5")],
+)  # fmt: skip
+def test_evalai_normalisation_by_hand(text, normalised):
+    assert normalize_vqa(text) == normalised
+
+
+def test_vqa_soft_by_hand():
+    assert score("vqa_soft", "dont", ex(["don't"] * 3 + ["dont"] + ["no"] * 6)) == 1.0
+    assert score("vqa_soft", "50%", ex(["50 %"] * 10)) == 0.0
+    assert score("vqa_soft", "50%", ex(["50%"] * 2 + ["fifty"] * 8)) == pytest.approx(0.6)
+    assert len(CONTRACTIONS) == 120 and CONTRACTIONS["hadn'tve"] == "hadn't've"

@@ -13,42 +13,73 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # scorers only read fields; no import cycle with the data package
     from branchlora.data.benchmark import TestExample
 
-# EvalAI's VQA answer normalisation (the standard VQA / TextVQA evaluation).
+# EvalAI's answer processor (m4c_evaluator's EvalAIAnswerProcessor, which LLaVA and CoIN score TextVQA with).
+# The tables are EvalAI's data, reproduced as they are (capitalised keys such as "Im" never match, as there).
 NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }  # fmt: skip
-ARTICLES = {"a", "an", "the"}
+ARTICLES = frozenset({"a", "an", "the"})
 CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "didnt": "didn't",
-    "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't",
-    "hes": "he's", "im": "i'm", "isnt": "isn't", "itd": "it'd", "itll": "it'll", "ive": "i've",
-    "lets": "let's", "shes": "she's", "shouldnt": "shouldn't", "thats": "that's", "theres": "there's",
-    "theyre": "they're", "theyve": "they've", "wasnt": "wasn't", "werent": "weren't", "whats": "what's",
-    "wheres": "where's", "whos": "who's", "wont": "won't", "wouldnt": "wouldn't", "youre": "you're",
-    "youve": "you've",
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's",
+    "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
+    "let's": "let's", "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've",
+    "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've",
+    "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've",
+    "someone'dve": "someone'd've", "someonell": "someone'll", "someones": "someone's",
+    "somethingd": "something'd", "somethingd've": "something'd've", "something'dve": "something'd've",
+    "somethingll": "something'll", "thats": "that's", "thered": "there'd", "thered've": "there'd've",
+    "there'dve": "there'd've", "therere": "there're", "theres": "there's", "theyd": "they'd",
+    "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're",
+    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
+    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
+    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've",
+    "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's",
+    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
+    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've",
+    "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd", "youd've": "you'd've",
+    "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
 }  # fmt: skip
-PUNCTUATION = set(";/[]\"{}()=+\\_-><@`,?!*#%^&$:|'")
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # a period that is not a decimal point
-_COMMA_NUMBER = re.compile(r"(\d)(,)(\d)")
+# EvalAI's list: no apostrophe, period, "%", "*", "#", ":", "&", "$", "^" or "|" (those stay in the answer).
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # EvalAI's pattern: any period not followed by a digit
+_PERIODS_REMOVED = 32  # EvalAI passes re.UNICODE (= 32) where sub() takes its count
 
 
 def normalize_vqa(answer: str) -> str:
-    """EvalAI normalisation: punctuation, periods, number words, articles, contractions."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip().lower()
+    """EvalAI's answer processor, step for step, so that our TextVQA scores are CoIN's.
+
+    Lower-case; drop "," and "?" and split "'s" off its word (" 's"); whitespace; punctuation from EvalAI's
+    list, dropped where it touches a space and spaced out elsewhere; periods not followed by a digit (the
+    first 32); number words to digits; articles; then the contractions table ("dont" -> "don't").
+    """
+    text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    text = _strip_punctuation(text)
+    words = [NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    return " ".join(CONTRACTIONS.get(word, word) for word in words if word not in ARTICLES)
+
+
+def _strip_punctuation(text: str) -> str:
+    """EvalAI's rule: a mark that touches a space anywhere in the text is dropped, otherwise spaced out.
+
+    EvalAI also drops every mark when a comma sits between digits; that never fires, as its tokeniser has
+    already removed every comma, so it is left out here.
+    """
     out = text
-    for p in PUNCTUATION:
-        if (p + " " in text or " " + p in text) or re.search(_COMMA_NUMBER, text):
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    out = _PERIOD.sub("", out)
-    words = []
-    for word in out.split():
-        word = NUMBER_WORDS.get(word, word)
-        if word not in ARTICLES:
-            words.append(CONTRACTIONS.get(word, word))
-    return " ".join(words)
+    for mark in PUNCTUATION:
+        out = out.replace(mark, "" if mark + " " in text or " " + mark in text else " ")
+    return _PERIOD.sub("", out, count=_PERIODS_REMOVED)
 
 
 def answers(example: TestExample) -> list[str]:
@@ -56,7 +87,12 @@ def answers(example: TestExample) -> list[str]:
 
 
 def vqa_soft(prediction: str, example: TestExample) -> float:
-    """min(1, matches/3), averaged leave-one-out over the human answers; one answer = exact match."""
+    """TextVQA accuracy as EvalAI / m4c_evaluator computes it, on answers normalised by `normalize_vqa`.
+
+    For each of the human answers, min(1, matches among the others / 3), averaged: with CoIN's 10 answers this
+    equals EvalAI's score exactly, except that an empty prediction is never correct (as for every scorer here).
+    A single answer is a normalised exact match.
+    """
     pred = normalize_vqa(prediction)
     humans = [normalize_vqa(a) for a in answers(example)]
     if not pred:
