@@ -81,7 +81,7 @@ def test_empty_task(tmp_path):
 
 
 def test_unknown_metric_lists_known(tmp_path):
-    with pytest.raises(BenchmarkError, match=r"task 0: field 'metric': unknown metric 'bleu'; known: option_letter"):
+    with pytest.raises(BenchmarkError, match=r"task 0 \(t\): field 'metric': unknown metric 'bleu'; known: option_letter"):
         load_benchmark(write_stream(tmp_path, metric="bleu"))
 
 

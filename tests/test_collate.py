@@ -1,5 +1,7 @@
 """Collation: answer-only labels, left-padded prompts that start with BOS, and a model that runs on them."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import LlavaProcessor
@@ -96,3 +98,55 @@ def test_build_processor_matches_model(tiny):
     model, processor = tiny
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
     assert build_processor(MICRO, processor.tokenizer).patch_size == MICRO.patch_size
+
+
+def labelled_spans(labels: torch.Tensor) -> list[list[int]]:
+    """The runs of labelled tokens in one row: one per answer."""
+    spans, current = [], []
+    for t in labels.tolist() + [IGNORE_INDEX]:
+        if t != IGNORE_INDEX:
+            current.append(t)
+        elif current:
+            spans, current = [*spans, current], []
+    return spans
+
+
+@pytest.mark.parametrize("chat_template", [False, True])
+def test_multi_turn_trains_every_answer_in_one_sequence(tiny, bench, chat_template):
+    model, processor = tiny
+    if chat_template:
+        processor = LlavaProcessor(
+            image_processor=processor.image_processor, tokenizer=processor.tokenizer, patch_size=8,
+            vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE,
+        )  # fmt: skip
+    collator = Collator(processor)
+    tok = processor.tokenizer
+    single = bench.train_examples("gqa")[0]
+    multi = replace(single, follow_ups=(("What colour is it?", "red"), ("How many are there?", "2")))
+    batch = collator.train_batch([multi, single])
+    row, labels = batch["input_ids"][0], batch["labels"][0]
+    spans = labelled_spans(labels)
+    assert [tok.decode(s[:-1]).strip() for s in spans] == [single.answer, "red", "2"]
+    assert all(s[-1] == tok.eos_token_id for s in spans)
+    text = tok.decode(row[batch["attention_mask"][0].bool()], skip_special_tokens=True)
+    assert "USER: What colour is it? ASSISTANT: red" in text.replace("  ", " ")
+    assert (row == model.config.image_token_id).sum() == (MICRO.image_size // MICRO.patch_size) ** 2  # one image
+    alone = collator.train_batch([single])
+    width = alone["input_ids"].shape[1]
+    for key in ("input_ids", "labels", "attention_mask"):  # the single-turn row is as it was without a neighbour
+        assert torch.equal(batch[key][1, :width], alone[key][0])
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_multi_turn_needs_a_chat_template_that_appends(tiny, bench):
+    _, processor = tiny
+    rewriting = (  # newest message first: each turn changes the start of the text
+        "{% for m in messages|reverse %}{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>' }}"
+        "{% else %}{{ c['text'] + ' ' }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
+    )
+    hf = LlavaProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer, patch_size=8,
+                        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                        chat_template=rewriting)  # fmt: skip
+    multi = replace(bench.train_examples("gqa")[0], follow_ups=(("Why?", "because"),))
+    with pytest.raises(ValueError, match="rewrites earlier turns"):
+        Collator(hf).train_batch([multi])

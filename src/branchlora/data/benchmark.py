@@ -7,6 +7,7 @@ names the file, the item index and the field. Images are checked to exist on loa
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from branchlora.evaluation.scorers import SCORERS
 
 BUILTIN = ("minicoin",)
 IMAGE_MARKER = "<image>"
+TASK_FIELDS = ("name", "train", "test", "metric")
+BOX_SLACK = 1.0  # pixels
 
 
 class BenchmarkError(ValueError):
@@ -36,8 +39,9 @@ class TaskSpec:
 @dataclass
 class TrainExample:
     image: Path
-    instruction: str  # without the "<image>\n" marker
+    instruction: str  # the first human turn, without the "<image>\n" marker
     answer: str
+    follow_ups: tuple[tuple[str, str], ...] = ()  # later (instruction, answer) turns, trained on like the first
 
 
 @dataclass
@@ -96,98 +100,123 @@ def load_benchmark(
         from branchlora.data.minicoin import ensure_minicoin  # the generator is only needed here
 
         path = ensure_minicoin(Path(cache_dir or default_cache_dir()), **minicoin_options)
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise BenchmarkError(
-                f"unknown benchmark {str(name_or_path)!r}: not a built-in name ({', '.join(BUILTIN)}) "
-                "and no such YAML file"
-            )
-        if minicoin_options:
-            raise BenchmarkError(f"{path}: options {sorted(minicoin_options)} only apply to built-in benchmarks")
-    return parse_benchmark(path, check_images=check_images)
+        return parse_benchmark(path, check_images=check_images)
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise BenchmarkError(
+            f"unknown benchmark {str(name_or_path)!r}: not a built-in name ({', '.join(BUILTIN)}) and no such YAML file"
+        )
+    bench = parse_benchmark(path, check_images=check_images)  # the file's own errors first: they are the user's
+    if minicoin_options:
+        raise BenchmarkError(f"{path}: options {sorted(minicoin_options)} only apply to built-in benchmarks")
+    return bench
 
 
 def parse_benchmark(path: Path, *, check_images: bool = True) -> Benchmark:
     """Read and validate a benchmark YAML and every train/test file it names."""
     try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise BenchmarkError(f"{path}: cannot read YAML: {err}") from None
+        spec = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise BenchmarkError(f"{path}: bad YAML{at}: {getattr(err, 'problem', None) or 'cannot parse'}") from None
     if not isinstance(spec, dict):
         raise BenchmarkError(f"{path}: expected a mapping with name, image_root and tasks")
     name = require(spec, "name", str, path)
-    image_root = path.parent / Path(require(spec, "image_root", str, path)).expanduser()
+    image_root = resolve(path.parent, require(spec, "image_root", str, path))
     task_list = require(spec, "tasks", list, path)
-    if not task_list:
-        raise BenchmarkError(f"{path}: field 'tasks' is empty")
+    check(bool(task_list), path, "tasks", "no tasks")
     bench = Benchmark(name, image_root, [], path)
     for i, raw in enumerate(task_list):
-        task = parse_task(raw, f"{path}: task {i}", path.parent)
-        if task.name in bench.task_names:
-            raise BenchmarkError(f"{path}: task {i}: field 'name': task {task.name!r} appears twice")
+        where = f"{path}: task {i}"
+        task = parse_task(raw, where, path.parent)
+        check(task.name not in bench.task_names, where, "name", f"task {task.name!r} appears twice")
         bench.tasks.append(task)
-        bench._train[task.name] = [
-            parse_train(x, task.train, j, image_root) for j, x in enumerate(read_items(task.train))
-        ]
-        bench._test[task.name] = [
-            parse_test(x, task.test, j, image_root, task.metric) for j, x in enumerate(read_items(task.test))
-        ]
-        if check_images:
-            require_images(bench._train[task.name], task.train)
-            require_images(bench._test[task.name], task.test)
+        bench._train[task.name] = [parse_train(x, at, image_root, check_images) for at, x in read_items(task.train)]
+        bench._test[task.name] = parse_tests(task, image_root, check_images)
     return bench
 
 
 def parse_task(raw: object, where: str, folder: Path) -> TaskSpec:
-    """One entry of `tasks:`; relative train/test paths resolve against the YAML's folder."""
+    """One entry of `tasks:`; relative train/test paths resolve against the YAML's folder, and must exist."""
     if not isinstance(raw, dict):
-        raise BenchmarkError(f"{where}: expected a mapping with name, train, test and metric")
+        raise BenchmarkError(f"{where}: expected a mapping with {', '.join(TASK_FIELDS)}")
+    unknown = sorted(set(raw) - set(TASK_FIELDS))
+    if unknown:
+        raise BenchmarkError(f"{where}: unknown field(s) {unknown}; valid fields: {', '.join(TASK_FIELDS)}")
+    name = require(raw, "name", str, where)
+    where = f"{where} ({name})"
     task = TaskSpec(
-        name=require(raw, "name", str, where),
-        train=folder / require(raw, "train", str, where),
-        test=folder / require(raw, "test", str, where),
+        name=name,
+        train=resolve(folder, require(raw, "train", str, where)),
+        test=resolve(folder, require(raw, "test", str, where)),
         metric=require(raw, "metric", str, where),
     )
-    if task.metric not in SCORERS:
-        raise BenchmarkError(f"{where}: field 'metric': unknown metric {task.metric!r}; known: {', '.join(SCORERS)}")
+    check(task.metric in SCORERS, where, "metric", f"unknown metric {task.metric!r}; known: {', '.join(SCORERS)}")
+    for key in ("train", "test"):
+        check(getattr(task, key).is_file(), where, key, f"no such file {getattr(task, key)}")
     return task
 
 
-def require_images(examples: list[TrainExample] | list[TestExample], file: Path) -> None:
-    for index, example in enumerate(examples):
-        if not example.image.is_file():
-            raise BenchmarkError(f"{file}: item {index}: field 'image': no such file {example.image}")
+def resolve(folder: Path, path: str) -> Path:
+    """A path from a file: "~" expanded, relative paths against `folder`, absolute paths as they are."""
+    return folder / Path(path).expanduser()
+
+
+def check(condition: bool, where: object, key: str, problem: str) -> None:
+    """The one way a field is refused: "<file>: <item>: field '<key>': <problem>", on one line."""
+    if not condition:
+        raise BenchmarkError(f"{where}: field {key!r}: {problem}")
 
 
 def require(mapping: dict, key: str, kind: type | tuple[type, ...], where: object) -> Any:
-    """mapping[key], checked to be present and of the right type."""
+    """mapping[key], checked to be present, of the right type (a bool is no number), and not a blank string."""
     if key not in mapping:
         raise BenchmarkError(f"{where}: missing field {key!r}")
-    if not isinstance(mapping[key], kind):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise BenchmarkError(f"{where}: field {key!r}: expected {names}, got {mapping[key]!r}")
-    return mapping[key]
+    value = mapping[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = " or ".join(k.__name__ for k in kinds)
+    check(isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)), where, key,
+          f"expected {names}, got {value!r}")  # fmt: skip
+    check(not isinstance(value, str) or bool(value.strip()), where, key, "empty string")
+    return value
 
 
-def read_items(path: Path) -> list:
-    """The JSON list in a train/test file (JSON Lines accepted too); an empty task is an error."""
+def read_text(path: Path) -> str:
+    """A file's text, with a one-line error for a missing, unreadable or non-UTF-8 file."""
     try:
-        text = path.read_text()
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise BenchmarkError(
+            f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
+        ) from None
     except OSError as err:
         raise BenchmarkError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        if path.suffix == ".jsonl":
-            items = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            items = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BenchmarkError(f"{path}: bad JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    if not isinstance(items, list):
-        raise BenchmarkError(f"{path}: expected a JSON list of items")
+
+
+def read_items(path: Path) -> list[tuple[str, object]]:
+    """The items of a train/test file, each with where it is: a JSON list, or JSON Lines (with line numbers)."""
+    text = read_text(path)
+    if path.suffix == ".jsonl":
+        lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+        items = [(f"{path}: item {i} (line {n})", decode_json(line, path, n)) for i, (n, line) in enumerate(lines)]
+    else:
+        items = decode_json(text, path)
+        if not isinstance(items, list):
+            raise BenchmarkError(f"{path}: expected a JSON list of items")
+        items = [(f"{path}: item {i}", item) for i, item in enumerate(items)]
     if not items:
         raise BenchmarkError(f"{path}: empty task: the file has no items")
     return items
+
+
+def decode_json(text: str, path: Path, line: int = 1) -> Any:
+    """Parsed JSON; `line` is where `text` starts in the file, so that errors point at the real line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        at = f"line {line + err.lineno - 1}, column {err.colno}"
+        raise BenchmarkError(f"{path}: bad JSON at {at}: {err.msg}") from None
 
 
 def strip_marker(text: str) -> str:
@@ -195,48 +224,103 @@ def strip_marker(text: str) -> str:
     return text.replace(IMAGE_MARKER + "\n", "").replace("\n" + IMAGE_MARKER, "").replace(IMAGE_MARKER, "").strip()
 
 
-def parse_train(item: object, file: Path, index: int, image_root: Path) -> TrainExample:
-    """A LLaVA conversation item; its first human/gpt turn pair is the example."""
-    where = f"{file}: item {index}"
+def require_item(item: object, where: str) -> dict:
     if not isinstance(item, dict):
-        raise BenchmarkError(f"{where}: expected an object")
-    image = require(item, "image", str, where)
+        raise BenchmarkError(f"{where}: expected an object, got {type(item).__name__}")
+    return item
+
+
+def require_image(item: dict, where: str, image_root: Path, check_images: bool) -> Path:
+    """The item's image path (see `resolve`), checked to be a file when `check_images`."""
+    path = resolve(image_root, require(item, "image", str, where))
+    if check_images:
+        check(not path.is_dir(), where, "image", f"{path} is a folder, not an image")
+        check(path.is_file(), where, "image", f"no such file {path}")
+    return path
+
+
+def require_instruction(turn: dict, key: str, where: str) -> str:
+    """An instruction without LLaVA's "<image>" marker, which must leave some text."""
+    text = strip_marker(require(turn, key, str, where))
+    check(bool(text), where, key, f"no instruction besides the {IMAGE_MARKER} marker")
+    return text
+
+
+def parse_train(item: object, where: str, image_root: Path, check_images: bool = True) -> TrainExample:
+    """A LLaVA conversation item: human and gpt turns alternating, every gpt answer trained on."""
+    item = require_item(item, where)
+    image = require_image(item, where, image_root, check_images)
     turns = require(item, "conversations", list, where)
-    if len(turns) < 2 or not all(isinstance(t, dict) for t in turns[:2]):
-        raise BenchmarkError(f"{where}: field 'conversations': expected a human turn and a gpt turn")
-    human, gpt = turns[0], turns[1]
-    if human.get("from") != "human" or gpt.get("from") != "gpt":
-        raise BenchmarkError(f"{where}: field 'conversations': the first two turns must be from human, then gpt")
-    question = require(human, "value", str, f"{where}: conversations[0]")
-    answer = require(gpt, "value", str, f"{where}: conversations[1]")
-    return TrainExample(image_root / image, strip_marker(question), answer.strip())
+    check(len(turns) >= 2 and len(turns) % 2 == 0, where, "conversations",
+          f"expected human, gpt turn pairs, got {len(turns)} turn(s)")  # fmt: skip
+    pairs = []
+    for k in range(0, len(turns), 2):
+        human = require_turn(turns, k, "human", where)
+        gpt = require_turn(turns, k + 1, "gpt", where)
+        pairs.append((require_instruction(human, "value", f"{where}: turn {k}"),
+                      require(gpt, "value", str, f"{where}: turn {k + 1}").strip()))  # fmt: skip
+    (instruction, answer), *follow_ups = pairs
+    return TrainExample(image, instruction, answer, tuple(follow_ups))
 
 
-def parse_test(item: object, file: Path, index: int, image_root: Path, metric: str) -> TestExample:
+def require_turn(turns: list, k: int, speaker: str, where: str) -> dict:
+    """conversations[k], which must come from `speaker`: LLaVA's turns alternate human, gpt."""
+    turn = turns[k]
+    check(isinstance(turn, dict) and turn.get("from") == speaker, where, "conversations",
+          f"turn {k}: expected a {speaker!r} turn (turns alternate human, gpt), got {turn!r}")  # fmt: skip
+    return turn
+
+
+def parse_tests(task: TaskSpec, image_root: Path, check_images: bool = True) -> list[TestExample]:
+    """A task's test items; question ids must be unique, since predictions are matched to items by them."""
+    examples, seen = [], {}
+    for where, item in read_items(task.test):
+        example = parse_test(item, where, image_root, task.metric, check_images)
+        first = seen.setdefault(example.question_id, where)
+        check(first == where, where, "question_id", f"{example.question_id!r} is also the id of {first}")
+        examples.append(example)
+    return examples
+
+
+def parse_test(item: object, where: str, image_root: Path, metric: str, check_images: bool = True) -> TestExample:
     """A CoIN test item: {question_id, image, text, answer} or, for grounding, answer_bbox and size."""
-    where = f"{file}: item {index}"
-    if not isinstance(item, dict):
-        raise BenchmarkError(f"{where}: expected an object")
-    qid = require(item, "question_id", (str, int), where)
-    image = require(item, "image", str, where)
-    text = strip_marker(require(item, "text", str, where))
+    item = require_item(item, where)
+    qid = str(require(item, "question_id", (str, int), where))
+    image = require_image(item, where, image_root, check_images)
+    text = require_instruction(item, "text", where)
     if metric == "bbox_iou":
-        bbox = require(item, "answer_bbox", list, where)
-        size = require(item, "size", list, where)
-        if len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
-            raise BenchmarkError(f"{where}: field 'answer_bbox': expected [x, y, w, h], got {bbox!r}")
-        if len(size) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in size):
-            raise BenchmarkError(f"{where}: field 'size': expected [width, height], got {size!r}")
+        bbox, size = require_box(item, where)
         x, y, w, h = bbox
-        answer = str(
-            item.get("answer")
-            or f"[{x / size[0]:.2f}, {y / size[1]:.2f}, {(x + w) / size[0]:.2f}, {(y + h) / size[1]:.2f}]"
-        )
-        return TestExample(str(qid), image_root / image, text, answer, [float(v) for v in bbox], (size[0], size[1]))
+        box = f"[{x / size[0]:.2f}, {y / size[1]:.2f}, {(x + w) / size[0]:.2f}, {(y + h) / size[1]:.2f}]"
+        answer = require(item, "answer", str, where) if "answer" in item else box
+        return TestExample(qid, image, text, answer, bbox, size)
     answer = require(item, "answer", (str, list), where)
-    if isinstance(answer, list) and not (answer and all(isinstance(a, str) for a in answer)):
-        raise BenchmarkError(f"{where}: field 'answer': expected a string or a non-empty list of strings")
-    return TestExample(str(qid), image_root / image, text, answer)
+    check(isinstance(answer, str) or (bool(answer) and all(isinstance(a, str) and a.strip() for a in answer)),
+          where, "answer", f"expected a string or a list of non-empty strings, got {answer!r}")  # fmt: skip
+    return TestExample(qid, image, text, answer)
+
+
+def require_numbers(item: dict, key: str, names: str, where: str) -> list[float]:
+    """A list of finite numbers, one per name in `names` ("x, y, w, h")."""
+    values = require(item, key, list, where)
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    check(len(numbers) == len(values) == len(names.split(", ")), where, key,
+          f"expected [{names}] as finite numbers, got {values!r}")  # fmt: skip
+    return [float(v) for v in values]
+
+
+def require_box(item: dict, where: str) -> tuple[list[float], tuple[float, float]]:
+    """A grounding truth: a pixel box [x, y, w, h] of positive size inside an image of positive (width, height).
+
+    A box may overhang the image by up to BOX_SLACK pixels: COCO's float boxes sometimes do, by rounding.
+    """
+    width, height = require_numbers(item, "size", "width, height", where)
+    check(width > 0 and height > 0, where, "size", f"width and height must be positive, got {item['size']!r}")
+    x, y, w, h = require_numbers(item, "answer_bbox", "x, y, w, h", where)
+    check(w > 0 and h > 0, where, "answer_bbox", f"width and height must be positive, got {item['answer_bbox']!r}")
+    inside = min(x, y) >= -BOX_SLACK and x + w <= width + BOX_SLACK and y + h <= height + BOX_SLACK
+    check(inside, where, "answer_bbox", f"{item['answer_bbox']!r} lies outside the {width:g}x{height:g} image")
+    return [x, y, w, h], (width, height)
 
 
 def open_image(path: Path) -> Image.Image:

@@ -4,10 +4,13 @@ The same code serves the tiny base and llava-hf models: the processor expands "<
 image tokens as the model expects and prepares pixel values; the prompt comes from the model's chat
 template when it has one, else from LLaVA-1.5's "USER: <image>\\n... ASSISTANT:". BOS is always the
 first real token (the BranchLoRA selector routes on it), answers end with EOS, and only answer tokens
-carry labels.
+carry labels. A multi-turn conversation is one sequence, as LLaVA trains it: every answer labelled, each
+follow-up question in the prompt format without the image, after the previous answer's EOS.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,6 +21,8 @@ from branchlora.data.benchmark import TestExample, TrainExample, open_image
 IGNORE_INDEX = -100
 PROMPT_FORMATS = ("auto", "chat_template", "llava")
 LLAVA_PROMPT = "USER: <image>\n{instruction} ASSISTANT:"
+LLAVA_FOLLOW_UP = "USER: {instruction} ASSISTANT:"
+Turns = tuple[tuple[str, str], ...]  # (instruction, answer) pairs
 
 
 class Collator:
@@ -43,10 +48,23 @@ class Collator:
         """The prompt up to and including the assistant's cue, without BOS."""
         if not self.use_chat_template:
             return LLAVA_PROMPT.format(instruction=instruction)
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
-        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        text = self.render(chat_messages((), instruction), add_generation_prompt=True)
         bos = self.tokenizer.bos_token
         return text[len(bos) :] if bos and text.startswith(bos) else text
+
+    def follow_up_text(self, history: Turns, instruction: str) -> str:
+        """What comes between the previous answer and the next one: the follow-up question and the cue."""
+        if not self.use_chat_template:
+            return LLAVA_FOLLOW_UP.format(instruction=instruction)
+        before = self.render(chat_messages(history, None), add_generation_prompt=False)
+        after = self.render(chat_messages(history, instruction), add_generation_prompt=True)
+        if not after.startswith(before):
+            raise ValueError("this chat template rewrites earlier turns, so a multi-turn conversation cannot be "
+                             "one sequence; use prompt_format='llava' or single-turn data")  # fmt: skip
+        return after[len(before) :]
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
     def encode(self, texts: list[str], images: list[Image.Image]) -> tuple[list[list[int]], torch.Tensor]:
         """Token ids (image marker expanded, no special tokens added) and pixel values."""
@@ -57,27 +75,44 @@ class Collator:
     def with_bos(self, ids: list[int]) -> list[int]:
         return ids if self.bos_id is None else [self.bos_id, *ids]
 
-    def encode_train(self, images: list[Image.Image], instructions: list[str], answers: list[str]) -> dict:
+    def encode_train(
+        self, images: list[Image.Image], instructions: list[str], answers: list[str], follow_ups: Sequence[Turns] = ()
+    ) -> dict:
         """Loss inputs for in-memory images (shared by task training and the base's caption pre-training)."""
         prompts = [self.prompt_text(i) for i in instructions]
         full, pixel_values = self.encode([f"{p} {a}" for p, a in zip(prompts, answers, strict=True)], images)
         heads, _ = self.encode(prompts, images)
+        firsts = zip(instructions, answers, strict=True)
         rows, labels = [], []
-        for ids, head in zip(full, heads, strict=True):
-            ids = self.with_bos(ids) + [self.eos_id]
-            start = 1 + common_prefix(head, ids[1:]) if self.bos_id is not None else common_prefix(head, ids)
-            ids = ids[: self.max_length]
-            rows.append(ids)
-            labels.append([IGNORE_INDEX] * min(start, len(ids)) + ids[start:])
+        for ids, head, first, more in zip(full, heads, firsts, follow_ups or [()] * len(full), strict=True):
+            turns = [answer_labels(ids + [self.eos_id], head), *self.follow_up_turns((first,), more)]
+            sequence, sequence_labels = (sum(part, []) for part in zip(*turns, strict=True))
+            row = self.with_bos(sequence)
+            rows.append(row[: self.max_length])
+            labels.append(([IGNORE_INDEX] * (len(row) - len(sequence)) + sequence_labels)[: self.max_length])
         batch = pad(rows, self.pad_id, left=False)
         batch["labels"] = pad(labels, IGNORE_INDEX, left=False)["input_ids"]
         batch["pixel_values"] = pixel_values
         return batch
 
+    def follow_up_turns(self, history: Turns, follow_ups: Turns) -> list[tuple[list[int], list[int]]]:
+        """Ids and labels of each later turn of a conversation, each answer ending with EOS."""
+        turns = []
+        for instruction, answer in follow_ups:
+            prompt = self.follow_up_text(history, instruction)
+            turns.append(answer_labels(self.tokens(f"{prompt} {answer}") + [self.eos_id], self.tokens(prompt)))
+            history += ((instruction, answer),)
+        return turns
+
+    def tokens(self, text: str) -> list[int]:
+        """Token ids of text without an image (a follow-up turn), no special tokens added."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def train_batch(self, examples: list[TrainExample]) -> dict[str, torch.Tensor]:
-        """input_ids, attention_mask, pixel_values, labels (-100 but on answer + EOS); right padding."""
+        """input_ids, attention_mask, pixel_values, labels (-100 but on answers + EOS); right padding."""
         images = [open_image(e.image) for e in examples]
-        return self.encode_train(images, [e.instruction for e in examples], [e.answer for e in examples])
+        instructions, answers = [e.instruction for e in examples], [e.answer for e in examples]
+        return self.encode_train(images, instructions, answers, [e.follow_ups for e in examples])
 
     def prompt_batch(self, examples: list[TestExample | TrainExample]) -> dict[str, torch.Tensor]:
         """The prompts alone, left-padded so that generation continues every row at the same column."""
@@ -93,6 +128,24 @@ class Collator:
     def decode(self, generated_ids: torch.Tensor) -> list[str]:
         """Text of the newly generated tokens (pass only those), special tokens and whitespace stripped."""
         return [t.strip() for t in self.tokenizer.batch_decode(generated_ids, skip_special_tokens=True)]
+
+
+def chat_messages(history: Turns, instruction: str | None) -> list[dict]:
+    """A chat-template conversation: the image with the first question, then the history and `instruction`."""
+    questions = [q for q, _ in history] + ([instruction] if instruction is not None else [])
+    messages = []
+    for k, question in enumerate(questions):
+        image = [{"type": "image"}] if k == 0 else []
+        messages.append({"role": "user", "content": [*image, {"type": "text", "text": question}]})
+        if k < len(history):
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": history[k][1]}]})
+    return messages
+
+
+def answer_labels(ids: list[int], prompt: list[int]) -> tuple[list[int], list[int]]:
+    """A turn's ids and its labels: the prompt's part masked, the answer (and EOS) kept."""
+    start = common_prefix(prompt, ids)
+    return ids, [IGNORE_INDEX] * start + ids[start:]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
