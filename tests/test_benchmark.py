@@ -81,7 +81,7 @@ def test_empty_task(tmp_path):
 
 
 def test_unknown_metric_lists_known(tmp_path):
-    with pytest.raises(BenchmarkError, match=r"task 0 \(t\): field 'metric': unknown metric 'bleu'; known: option_letter"):
+    with pytest.raises(BenchmarkError, match=r"task 0 \(t\): field 'metric': unknown metric 'bleu'; known: option_"):
         load_benchmark(write_stream(tmp_path, metric="bleu"))
 
 
@@ -94,3 +94,44 @@ def test_bad_conversation(tmp_path):
 def test_unknown_builtin_name_lists_builtins(tmp_path):
     with pytest.raises(BenchmarkError, match=r"unknown benchmark 'minicon'.*minicoin"):
         load_benchmark("minicon", cache_dir=tmp_path)
+
+
+def test_multi_turn_conversation_keeps_every_turn(tmp_path):
+    conversation = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"},
+                    {"from": "human", "value": "And its shape?"}, {"from": "gpt", "value": " square "}]  # fmt: skip
+    bench = load_benchmark(write_stream(tmp_path, train=[{"image": "a.png", "conversations": conversation}]))
+    (train,) = bench.train_examples("t")
+    assert (train.instruction, train.answer, train.follow_ups) == (
+        "What colour?",
+        "red",
+        (("And its shape?", "square"),),
+    )
+
+
+def test_image_paths_absolute_home_and_relative(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "home" / "b.png")
+    elsewhere = tmp_path / "elsewhere.png"
+    Image.new("RGB", (8, 8), "green").save(elsewhere)
+    test = [{"question_id": i, "image": image, "text": "q", "answer": "x"}
+            for i, image in enumerate(["a.png", "~/b.png", str(elsewhere)])]  # fmt: skip
+    bench = load_benchmark(write_stream(tmp_path, test=test))
+    images = [e.image for e in bench.test_examples(0)]
+    assert images == [tmp_path / "img" / "a.png", tmp_path / "home" / "b.png", elsewhere]
+
+
+def test_jsonl_with_blank_lines_and_a_byte_order_mark(tmp_path):
+    path = write_stream(tmp_path)
+    item = json.loads((tmp_path / "test.json").read_text())[0]
+    (tmp_path / "test.jsonl").write_text(f"\ufeff{json.dumps(item)}\n\n{json.dumps({**item, 'question_id': 8})}\n")
+    path.write_text(path.read_text().replace("test.json", "test.jsonl"))
+    assert [e.question_id for e in load_benchmark(path).test_examples(0)] == ["7", "8"]
+
+
+def test_grounding_box_may_overhang_by_rounding(tmp_path):
+    test = [{"question_id": "g", "image": "a.png", "text": "t", "answer_bbox": [0, 0, 64.4, 8], "size": [64, 64]},
+            {"question_id": "h", "image": "a.png", "text": "t", "answer_bbox": [1, 1, 2, 2], "size": [64, 64],
+             "answer": "[0.01, 0.01, 0.04, 0.04]"}]  # fmt: skip
+    first, second = load_benchmark(write_stream(tmp_path, test=test, metric="bbox_iou")).test_examples(0)
+    assert first.bbox == [0.0, 0.0, 64.4, 8.0] and second.answer == "[0.01, 0.01, 0.04, 0.04]"

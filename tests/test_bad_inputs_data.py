@@ -1,0 +1,160 @@
+"""Bad-input catalogue, data side: each bad benchmark file fails on load with one line naming file and item/field.
+
+Each case starts from a good one-task stream and breaks one thing; `load_benchmark` is what the CLI calls.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from branchlora.cli import app
+from branchlora.data.benchmark import BenchmarkError, load_benchmark
+
+GOOD_TRAIN = {"id": 0, "image": "a.png", "conversations": [
+    {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]}  # fmt: skip
+GOOD_TEST = {"question_id": 7, "image": "a.png", "text": "What colour?", "answer": "red"}
+GOOD_BOX = {"question_id": "g", "image": "a.png", "text": "the dog", "answer_bbox": [16, 32, 32, 32], "size": [64, 64]}
+
+
+def stream(root: Path, *, train=None, test=None, metric="exact_match", task=None, suffix=".json") -> Path:
+    """A one-task benchmark under root (YAML, train/test files, one image); arguments replace its parts."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), "red").save(root / "img" / "a.png")
+    for name, items in (("train", train or [GOOD_TRAIN]), ("test", test or [GOOD_TEST])):
+        lines = [json.dumps(x) for x in items]
+        (root / f"{name}{suffix}").write_text("\n".join(lines) if suffix == ".jsonl" else f"[{', '.join(lines)}]")
+    entry = {"name": "t", "train": f"train{suffix}", "test": f"test{suffix}", "metric": metric, **(task or {})}
+    (root / "b.yaml").write_text(yaml.safe_dump({"name": "s", "image_root": "img", "tasks": [entry]}))
+    return root / "b.yaml"
+
+
+def turns(*pairs: tuple[str, str]) -> dict:
+    return {**GOOD_TRAIN, "conversations": [{"from": who, "value": text} for who, text in pairs]}
+
+
+def box(**fields) -> list[dict]:
+    return [{**GOOD_BOX, **fields}]
+
+
+# (case, stream arguments, file the message names, what else it says)
+CASES = [
+    ("turns not alternating", {"train": [turns(("human", "q"), ("human", "q2"), ("gpt", "a"), ("gpt", "b"))]},
+     "train.json", r"item 0: field 'conversations': turn 1: expected a 'gpt' turn"),
+    ("a question without its answer", {"train": [turns(("human", "q"), ("gpt", "a"), ("human", "q2"))]},
+     "train.json", r"item 0: field 'conversations': expected human, gpt turn pairs, got 3 turn\(s\)"),
+    ("a turn that is not an object", {"train": [{**GOOD_TRAIN, "conversations": ["q", "a"]}]},
+     "train.json", r"item 0: field 'conversations': turn 0: expected a 'human' turn"),
+    ("empty answer in a later turn", {"train": [turns(("human", "q"), ("gpt", "a"), ("human", "q2"), ("gpt", " "))]},
+     "train.json", r"item 0: turn 3: field 'value': empty string"),
+    ("instruction that is only the image marker", {"train": [turns(("human", "<image>\n"), ("gpt", "a"))]},
+     "train.json", r"item 0: turn 0: field 'value': no instruction besides the <image> marker"),
+    ("empty test instruction", {"test": [{**GOOD_TEST, "text": ""}]},
+     "test.json", r"item 0: field 'text': empty string"),
+    ("empty answer", {"test": [{**GOOD_TEST, "answer": ""}]}, "test.json", r"item 0: field 'answer': empty string"),
+    ("answer list with an empty string", {"test": [{**GOOD_TEST, "answer": ["red", ""]}]},
+     "test.json", r"item 0: field 'answer': expected a string or a list of non-empty strings"),
+    ("empty answer list", {"test": [{**GOOD_TEST, "answer": []}]}, "test.json", r"item 0: field 'answer'"),
+    ("empty image path", {"test": [{**GOOD_TEST, "image": ""}]}, "test.json", r"item 0: field 'image': empty string"),
+    ("empty question_id", {"test": [{**GOOD_TEST, "question_id": ""}]},
+     "test.json", r"item 0: field 'question_id': empty string"),
+    ("question_id that is a bool", {"test": [{**GOOD_TEST, "question_id": True}]},
+     "test.json", r"item 0: field 'question_id': expected str or int, got True"),
+    ("duplicate question_id", {"test": [GOOD_TEST, {**GOOD_TEST, "question_id": "7"}]},
+     "test.json", r"item 1: field 'question_id': '7' is also the id of .*test\.json: item 0"),
+    ("item that is not an object", {"test": [["q", "a"]]}, "test.json", r"item 0: expected an object, got list"),
+    ("box of negative width", {"test": box(answer_bbox=[16, 32, -4, 32]), "metric": "bbox_iou"},
+     "test.json", r"item 0: field 'answer_bbox': width and height must be positive"),
+    ("box of size 0", {"test": box(answer_bbox=[16, 32, 0, 0]), "metric": "bbox_iou"},
+     "test.json", r"item 0: field 'answer_bbox': width and height must be positive"),
+    ("box with NaN", {"test": box(answer_bbox=[16, float("nan"), 4, 4]), "metric": "bbox_iou"},
+     "test.json", r"item 0: field 'answer_bbox': expected \[x, y, w, h\] as finite numbers, got \[16, nan"),
+    ("box with infinity", {"test": box(answer_bbox=[16, 32, float("inf"), 4]), "metric": "bbox_iou"},
+     "test.json", r"item 0: field 'answer_bbox': expected \[x, y, w, h\] as finite numbers"),
+    ("box of strings", {"test": box(answer_bbox=["16", "32", "4", "4"]), "metric": "bbox_iou"},
+     "test.json", r"item 0: field 'answer_bbox': expected \[x, y, w, h\] as finite numbers, got \['16'"),
+    ("box of three numbers", {"test": box(answer_bbox=[16, 32, 4]), "metric": "bbox_iou"},
+     "test.json", r"item 0: field 'answer_bbox': expected \[x, y, w, h\]"),
+    ("box outside the image", {"test": box(answer_bbox=[40, 32, 32, 32]), "metric": "bbox_iou"},
+     "test.json", r"item 0: field 'answer_bbox': \[40, 32, 32, 32\] lies outside the 64x64 image"),
+    ("image size 0", {"test": box(size=[0, 64]), "metric": "bbox_iou"},
+     "test.json", r"item 0: field 'size': width and height must be positive, got \[0, 64\]"),
+    ("image size of booleans", {"test": box(size=[True, True]), "metric": "bbox_iou"},
+     "test.json", r"item 0: field 'size': expected \[width, height\] as finite numbers"),
+    ("grounding item without a box", {"test": [GOOD_TEST], "metric": "bbox_iou"},
+     "test.json", r"item 0: missing field 'size'"),
+    ("misspelt task field", {"task": {"metirc": "exact_match"}},
+     "b.yaml", r"task 0: unknown field\(s\) \['metirc'\]; valid fields: name, train, test, metric"),
+    ("train file missing", {"task": {"train": "nope.json"}},
+     "b.yaml", r"task 0 \(t\): field 'train': no such file .*nope"),
+    ("test file missing", {"task": {"test": "sub/nope.jsonl"}},
+     "b.yaml", r"task 0 \(t\): field 'test': no such file"),
+    ("metric that does not exist", {"metric": "bleu"},
+     "b.yaml", r"task 0 \(t\): field 'metric': unknown metric 'bleu'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "kwargs", "file", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_item_is_one_line_naming_file_and_field(tmp_path, case, kwargs, file, message):
+    with pytest.raises(BenchmarkError, match=message) as err:
+        load_benchmark(stream(tmp_path, **kwargs))
+    text = str(err.value)
+    assert "\n" not in text and str(tmp_path / file) in text, text
+
+
+def one_line_error(path: Path, file: str, message: str) -> None:
+    with pytest.raises(BenchmarkError, match=message) as err:
+        load_benchmark(path)
+    assert "\n" not in str(err.value) and str(path.parent / file) in str(err.value), str(err.value)
+
+
+def test_jsonl_errors_give_the_real_line(tmp_path):
+    path = stream(tmp_path, suffix=".jsonl")
+    (tmp_path / "train.jsonl").write_text(f"\n{json.dumps(GOOD_TRAIN)}\n\n{{'image': 1}}\n")
+    one_line_error(path, "train.jsonl", r"bad JSON at line 4, column 2")
+    (tmp_path / "train.jsonl").write_text(f"{json.dumps(GOOD_TRAIN)}\n\n{json.dumps({'image': 'a.png'})}\n")
+    one_line_error(path, "train.jsonl", r"item 1 \(line 3\): missing field 'conversations'")
+
+
+def test_non_utf8_files_are_one_line(tmp_path):
+    path = stream(tmp_path)
+    (tmp_path / "test.json").write_bytes(json.dumps([GOOD_TEST]).replace("red", "r\xe9d").encode("latin-1"))
+    one_line_error(path, "test.json", r"not UTF-8 text \(byte 0xe9 at offset \d+\)")
+    path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+    one_line_error(path, "b.yaml", r"not UTF-8 text \(byte 0xe9")
+
+
+def test_bad_yaml_and_bad_shapes(tmp_path):
+    path = stream(tmp_path)
+    (tmp_path / "test.json").write_text(json.dumps({"items": [GOOD_TEST]}))
+    one_line_error(path, "test.json", r"expected a JSON list of items")
+    path.write_text("name: s\ntasks: [\n  - oops: 1\n")
+    one_line_error(path, "b.yaml", r"bad YAML at line \d+, column \d+")
+
+
+def test_image_that_is_a_folder(tmp_path):
+    (tmp_path / "img" / "dir.png").mkdir(parents=True)
+    path = stream(tmp_path, test=[{**GOOD_TEST, "image": "dir.png"}])
+    one_line_error(path, "test.json", r"item 0: field 'image': .*dir\.png is a folder, not an image")
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"test": box(answer_bbox=[16, 32, "4", 4]), "metric": "bbox_iou"},
+      "test.json: item 0: field 'answer_bbox': expected [x, y, w, h] as finite numbers"),
+     ({"train": [turns(("human", "q"), ("human", "q2"))]}, "train.json: item 0: field 'conversations': turn 1"),
+     ({"task": {"metirc": "x"}}, "task 0: unknown field(s) ['metirc']; valid fields: name, train, test, metric")],
+)  # fmt: skip
+def test_cli_run_refuses_a_bad_benchmark_with_one_line(tmp_path, kwargs, message):
+    path = stream(tmp_path, **kwargs)
+    out = runner.invoke(app, ["run", "--benchmark", str(path), "--out", str(tmp_path / "out")],
+                        env={"BRANCHLORA_CACHE": str(tmp_path / "cache"), "COLUMNS": "400"})  # fmt: skip
+    assert out.exit_code == 2, out.output
+    assert message in out.output and "Traceback" not in out.output, out.output
+    assert not (tmp_path / "cache").exists()  # refused before any base was built
