@@ -1,7 +1,10 @@
 """Benchmarks: a YAML file naming an ordered task stream, whose files use CoIN's formats.
 
-Everything is validated on load so that a bad file fails before hours of training, with a message that
-names the file, the item index and the field. Images are checked to exist on load and opened lazily.
+Everything is validated on load so that a bad file fails before hours of training, with one line that
+names the file, the item index (and line, in JSON Lines) and the field. The rules: no field may be an empty
+string; question ids are unique within a task; a multi-turn conversation alternates human and gpt turns and
+every answer is trained on; a grounding box has a positive size and lies inside its image; image paths may
+be relative to image_root, absolute, or start with "~". Images are checked to exist on load, opened lazily.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class TestExample:
     instruction: str
     answer: str | list[str]  # a list for VQA-style human answers
     bbox: list[float] | None = None  # grounding: COCO-style pixel box [x, y, w, h]
-    size: tuple[int, int] | None = None  # grounding: image (width, height)
+    size: tuple[float, float] | None = None  # grounding: image (width, height)
 
 
 @dataclass
