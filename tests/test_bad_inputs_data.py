@@ -145,15 +145,17 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [({"test": box(answer_bbox=[16, 32, "4", 4]), "metric": "bbox_iou"},
+    ("command", "kwargs", "message"),
+    [("run", {"test": box(answer_bbox=[16, 32, "4", 4]), "metric": "bbox_iou"},
       "test.json: item 0: field 'answer_bbox': expected [x, y, w, h] as finite numbers"),
-     ({"train": [turns(("human", "q"), ("human", "q2"))]}, "train.json: item 0: field 'conversations': turn 1"),
-     ({"task": {"metirc": "x"}}, "task 0: unknown field(s) ['metirc']; valid fields: name, train, test, metric")],
+     ("run", {"train": [turns(("human", "q"), ("human", "q2"))]}, "train.json: item 0: field 'conversations': turn 1"),
+     ("run", {"task": {"metirc": "x"}}, "task 0: unknown field(s) ['metirc']; valid fields: name, train, test, metric"),
+     ("evaluate", {"test": [GOOD_TEST, GOOD_TEST]}, "test.json: item 1: field 'question_id': '7' is also the id of")],
 )  # fmt: skip
-def test_cli_run_refuses_a_bad_benchmark_with_one_line(tmp_path, kwargs, message):
+def test_cli_refuses_a_bad_benchmark_with_one_line(tmp_path, command, kwargs, message):
     path = stream(tmp_path, **kwargs)
-    out = runner.invoke(app, ["run", "--benchmark", str(path), "--out", str(tmp_path / "out")],
+    where = ["--out", str(tmp_path / "out")] if command == "run" else ["--checkpoint", str(tmp_path)]
+    out = runner.invoke(app, [command, "--benchmark", str(path), *where],
                         env={"BRANCHLORA_CACHE": str(tmp_path / "cache"), "COLUMNS": "400"})  # fmt: skip
     assert out.exit_code == 2, out.output
     assert message in out.output and "Traceback" not in out.output, out.output
