@@ -275,7 +275,7 @@ def require_turn(turns: list, k: int, speaker: str, where: str) -> dict:
 
 
 def parse_tests(task: TaskSpec, image_root: Path, check_images: bool = True) -> list[TestExample]:
-    """A task's test items; question ids must be unique, since predictions are matched to items by them."""
+    """A task's test items; question ids must be unique: CoIN's scripts match predictions to items by them."""
     examples, seen = [], {}
     for where, item in read_items(task.test):
         example = parse_test(item, where, image_root, task.metric, check_images)
