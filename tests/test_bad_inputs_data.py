@@ -121,10 +121,10 @@ def test_jsonl_errors_give_the_real_line(tmp_path):
 
 def test_non_utf8_files_are_one_line(tmp_path):
     path = stream(tmp_path)
-    (tmp_path / "test.json").write_bytes(json.dumps([GOOD_TEST]).replace("red", "r\xe9d").encode("latin-1"))
-    one_line_error(path, "test.json", r"not UTF-8 text \(byte 0xe9 at offset \d+\)")
+    (tmp_path / "test.json").write_bytes(json.dumps([GOOD_TEST], indent=1).replace("red", "r\xe9d").encode("latin-1"))
+    one_line_error(path, "test.json", r"not UTF-8 text at line 6 \(byte 0xe9\)")
     path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
-    one_line_error(path, "b.yaml", r"not UTF-8 text \(byte 0xe9")
+    one_line_error(path, "b.yaml", r"not UTF-8 text at line \d+ \(byte 0xe9\)")
 
 
 def test_bad_yaml_and_bad_shapes(tmp_path):

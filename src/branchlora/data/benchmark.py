@@ -190,9 +190,8 @@ def read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise BenchmarkError(
-            f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
-        ) from None
+        line = err.object[: err.start].count(b"\n") + 1
+        raise BenchmarkError(f"{path}: not UTF-8 text at line {line} (byte {err.object[err.start]:#04x})") from None
     except OSError as err:
         raise BenchmarkError(f"{path}: cannot read: {err.strerror}") from None
 
