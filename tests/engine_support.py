@@ -14,12 +14,10 @@ from branchlora.data.collate import Collator
 from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.methods import get_method
 from branchlora.models.loading import load_base
-from branchlora.models.pretrain import PretrainConfig
-from branchlora.models.tiny import TinyConfig
+from branchlora.models.pretrain import QUICK_PRETRAIN, QUICK_TINY
 from branchlora.train import TrainConfig
 
-MICRO = TinyConfig(vision_hidden=32, vision_layers=1, hidden=64, layers=2, heads=2, intermediate=128, vocab_size=400)
-MICRO_PRETRAIN = PretrainConfig(steps=20, batch_size=4, lr=3e-3, warmup=5, tokenizer_texts=200, heldout=4)
+MICRO, MICRO_PRETRAIN = QUICK_TINY, QUICK_PRETRAIN  # `branchlora pretrain --quick`
 ADAPTER = {"r": 8, "alpha": 16, "n_branches": 4, "top_k": 2}
 LORA = {"r": 8, "alpha": 16}
 

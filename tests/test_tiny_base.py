@@ -6,12 +6,9 @@ import pytest
 import torch
 
 from branchlora.models.loading import base_info, load_base
-from branchlora.models.pretrain import PretrainConfig
-from branchlora.models.tiny import TinyConfig
 from branchlora.models.tokenizer import train_tokenizer
 
-MICRO = TinyConfig(vision_hidden=32, vision_layers=1, hidden=64, layers=2, heads=2, intermediate=128, vocab_size=400)
-MICRO_PRETRAIN = PretrainConfig(steps=20, batch_size=4, lr=3e-3, warmup=4, tokenizer_texts=200, heldout=4)
+from engine_support import MICRO, MICRO_PRETRAIN
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -111,6 +111,8 @@ def run_method(
     tasks = [(0, "+".join(data.names), [x for t in data.train for x in t])] if method.joint else [
         (i, name, train) for i, (name, train) in enumerate(zip(data.names, data.train, strict=True))
     ]  # fmt: skip
+    if method.joint:  # the same budget as the stream: T tasks' worth of steps on their union
+        train_config = replace(train_config, max_steps=train_config.max_steps * len(data.names))
     for index, name, examples in tasks[start:]:
         task = Task(index, name)
         step = (lambda s, n, losses, _name=name: on_step(_name, s, n, losses)) if on_step else None

@@ -2,7 +2,7 @@
 
 import typer
 
-from branchlora.cli import bench, evaluate, params, predict, run
+from branchlora.cli import bench, evaluate, params, predict, pretrain, run
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -14,4 +14,5 @@ app.command("bench")(bench.bench)
 app.command("params")(params.params)
 app.command("run")(run.run)
 app.command("predict")(predict.predict)
+app.command("pretrain")(pretrain.pretrain)
 app.command("evaluate")(evaluate.evaluate)

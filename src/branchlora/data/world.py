@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -69,9 +70,10 @@ def grid_box(size: int, cells: int, col: int, row: int, w: int = 1, h: int = 1, 
     return (x0 + margin, y0 + margin, x1 - margin, y1 - margin)
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, item: Shape) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, item: Shape, fill: tuple[int, ...] | None = None) -> None:
+    """Draw one shape in its colour, or in `fill` (the label maps paint class ids with the same geometry)."""
     x0, y0, x1, y1 = item.box
-    fill = COLOURS[item.colour]
+    fill = fill or COLOURS[item.colour]
     cx, cy, w = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0
     if item.shape == "circle":
         draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
@@ -91,7 +93,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, item: Shape) -> None:
         raise ValueError(f"unknown shape {item.shape!r}; known: {', '.join(SHAPES)}")
 
 
-def draw_text(draw: ImageDraw.ImageDraw, item: Text) -> None:
+def draw_text(draw: ImageDraw.ImageDraw, item: Text, fill: tuple[int, ...] | None = None) -> None:
     """Centre the text in its box at the largest font size that fits (legibility over style)."""
     x0, y0, x1, y1 = item.box
     for size in range(min(28, y1 - y0), 6, -1):
@@ -100,7 +102,7 @@ def draw_text(draw: ImageDraw.ImageDraw, item: Text) -> None:
             break
     x = (x0 + x1 - (right - left)) / 2 - left
     y = (y0 + y1 - (bottom - top)) / 2 - top
-    fill = COLOURS[item.colour] if item.colour else INK
+    fill = fill or (COLOURS[item.colour] if item.colour else INK)
     draw.text((x, y), item.text, font=font(size), fill=fill, stroke_width=1, stroke_fill=fill)
 
 
@@ -128,6 +130,11 @@ def position_words(box: Box, size: int) -> str:
     return " ".join(w for w in (row, col) if w) or "middle"
 
 
+def reading_order(item: Shape) -> tuple[float, float]:
+    """Top to bottom, then left to right, by the box's centre."""
+    return (item.box[1] + item.box[3], item.box[0] + item.box[2])
+
+
 def caption(scene: Scene) -> str:
     """Describe everything visible: what is where, colours, and written words. No questions, no tasks."""
     if scene.degraded:
@@ -137,7 +144,7 @@ def caption(scene: Scene) -> str:
         title = next((t.text for t in scene.texts if t.role == "title"), "")
         author = next((t.text for t in scene.texts if t.role == "author"), "")  # "by NAME"
         parts.append(f"a {scene.cover} book cover with the title {title} {author}")
-    for item in scene.shapes:
+    for item in sorted(scene.shapes, key=reading_order):  # a fixed order: the caption is a function of the image
         parts.append(f"a {item.colour} {item.shape} at the {position_words(item.box, scene.size)}")
     for item in scene.texts:
         if item.role == "word":
@@ -225,3 +232,47 @@ def book_scene(rng: random.Random, size: int = 64) -> Scene:
 
 
 SAMPLERS = (single_object, pair_scene, grid_scene, count_scene, word_scene, book_scene)
+
+
+def random_scene(rng: random.Random, size: int = 64, degraded: float = 0.08) -> Scene:
+    """A scene as any minicoin task might draw it; with probability `degraded` an unreadable photo."""
+    scene = rng.choice(SAMPLERS)(rng, size)
+    scene.degraded = rng.random() < degraded
+    return scene
+
+
+# Per-pixel class ids of a scene, for the vision tower's perception pre-training: what covers each pixel
+# (a shape, written text, a book cover) and in which colour.  Drawn with the renderer's own geometry.
+SHAPE_LABELS = ("none", *SHAPES, "text", "cover")
+COLOUR_LABELS = ("none", *COLOURS, "black")
+WORD_LABELS = (*WORDS, *NAMES)
+
+
+def label_maps(scene: Scene) -> np.ndarray:
+    """(3, H, W) uint8: the SHAPE_LABELS, COLOUR_LABELS and 1 + WORD_LABELS ids of each pixel (0: none).
+
+    Each item is drawn as a 1-bit mask with the renderer's own geometry, so no pixel is a blend of two classes.
+    """
+    maps = np.zeros((3, scene.size, scene.size), dtype=np.uint8)
+    layers = [(Shape("cover", scene.cover, (4, 2, scene.size - 5, scene.size - 3)), "cover")] if scene.cover else []
+    layers += [(item, item.shape) for item in scene.shapes] + [(item, "text") for item in scene.texts]
+    for item, kind in layers:
+        mask = Image.new("1", (scene.size, scene.size), 0)
+        draw = ImageDraw.Draw(mask)
+        if kind == "text":
+            draw_text(draw, item, fill=1)
+        elif kind == "cover":
+            draw.rectangle(item.box, fill=1)
+        else:
+            draw_shape(draw, item, fill=1)
+        on = np.asarray(mask, dtype=bool)
+        maps[0][on] = SHAPE_LABELS.index(kind)
+        maps[1][on] = COLOUR_LABELS.index(item.colour or "black")
+        if kind == "text":
+            maps[2][on] = 1 + WORD_LABELS.index(item.text.removeprefix("by "))
+    return maps
+
+
+def written_words(scene: Scene) -> list[str]:
+    """The words a reader sees: a word, a title, an author's name (without "by")."""
+    return [t.text.removeprefix("by ") for t in scene.texts]

@@ -28,6 +28,7 @@ class TaskKeys:
         self.key_img: list[torch.Tensor] = []  # one (d_vision,) key per learned task
         self.key_txt: list[torch.Tensor] = []  # one (d_text,) key per learned task
         self._new: tuple[nn.Parameter, nn.Parameter] | None = None
+        self._unset = False
 
     def __len__(self) -> int:
         return len(self.key_img)
@@ -39,8 +40,9 @@ class TaskKeys:
         inner = getattr(model, "model", model)
         device = model.get_input_embeddings().weight.device
         d_img, d_txt = inner.vision_tower.config.hidden_size, model.get_input_embeddings().embedding_dim
-        self._new = (nn.Parameter(0.02 * torch.randn(d_img, device=device)),
-                     nn.Parameter(0.02 * torch.randn(d_txt, device=device)))  # fmt: skip
+        # Filled from the task's first batch before the first step (see add_align_loss).
+        self._new = (nn.Parameter(torch.zeros(d_img, device=device)), nn.Parameter(torch.zeros(d_txt, device=device)))
+        self._unset = True
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self._new), "lr": self.lr}] if self._new else []
@@ -51,6 +53,11 @@ class TaskKeys:
             return
         e_img, e_txt = embed(model, ctx.batch)
         k_img, k_txt = self._new
+        if self._unset:  # start at the first batch's prototype: a random start of the scale Adam steps at drifts
+            with torch.no_grad():  # towards sign(e) and does not reach the optimum in a task's few steps
+                k_img.copy_(prototype(e_img))
+                k_txt.copy_(prototype(e_txt))
+            self._unset = False
         ctx.add_loss("align", self.align_weight * (align_loss(e_img, k_img) + align_loss(e_txt, k_txt)))
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from importlib import resources
 from pathlib import Path
 
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
@@ -19,6 +20,14 @@ from branchlora.models.tiny import TinyConfig, build_model, build_processor, fin
 
 INFO_FILE = "base_info.json"
 INFO_ATTR = "branchlora_base_info"
+# The tiny base built by the default recipe (`branchlora pretrain --out` this folder), shipped with the package.
+PACKAGED = Path(str(resources.files("branchlora") / "assets" / "tiny-base"))
+
+
+def packaged_fingerprint() -> str | None:
+    """The recipe fingerprint of the committed tiny base, None when the package ships none."""
+    info = PACKAGED / INFO_FILE
+    return json.loads(info.read_text()).get("fingerprint") if info.is_file() else None
 
 
 def load_base(
@@ -37,7 +46,10 @@ def load_base(
         setattr(model, INFO_ATTR, {"name": str(name), "pretrain_seconds": 0.0, "caption_loss": None})
         return model.eval(), processor
     tiny, pretraining = tiny or TinyConfig(), pretraining or PretrainConfig()
-    folder = Path(cache_dir or default_cache_dir()) / "models" / f"tiny-{fingerprint(tiny, pretraining, seed=seed)}"
+    key = fingerprint(tiny, pretraining, seed=seed)
+    folder = Path(cache_dir or default_cache_dir()) / "models" / f"tiny-{key}"
+    if packaged_fingerprint() == key:  # the committed base: the same weights on every machine
+        folder = PACKAGED
     built = not (folder / INFO_FILE).exists()
     if built:
         build_tiny(folder, tiny, pretraining, seed=seed, progress=progress)
@@ -63,8 +75,11 @@ def build_tiny(folder: Path, tiny: TinyConfig, pretraining: PretrainConfig, *, s
     report = pretrain(model, processor, pretraining, seed=seed, progress=progress)
     info = {
         "name": "tiny",
+        "fingerprint": fingerprint(tiny, pretraining, seed=seed),
         "pretrain_seconds": round(report["pretrain_seconds"], 1),
         "caption_loss": round(report["caption_loss"], 4),
+        "perception": report["perception"],  # % of held-out scenes whose caption states each fact right
+        "tower_accuracy": {k: round(100 * v, 2) for k, v in report["tower_accuracy"].items()},
         "loss_curve": loss_curve(report["losses"]),
         "params": sum(p.numel() for p in model.parameters()),
         "seed": seed,
@@ -83,6 +98,14 @@ def loss_curve(losses: list[float], points: int = 20) -> list[float]:
     return [round(sum(losses[i : i + chunk]) / len(losses[i : i + chunk]), 4) for i in range(0, len(losses), chunk)]
 
 
+def tiny_configs(options: dict) -> tuple[TinyConfig, PretrainConfig]:
+    """The tiny base's sizes and recipe from plain mappings, as a config file gives them."""
+    try:
+        return TinyConfig(**options.get("tiny", {})), PretrainConfig(**options.get("pretraining", {}))
+    except TypeError as err:
+        raise ValueError(f"base_options: {err}") from None
+
+
 def load_base_from(name: str, options: dict | None = None, *, progress: bool = True):
     """`load_base` with the tiny base's options as plain mappings, as a config file gives them:
     {"seed": 0, "tiny": {TinyConfig fields}, "pretraining": {PretrainConfig fields}}."""
@@ -90,9 +113,5 @@ def load_base_from(name: str, options: dict | None = None, *, progress: bool = T
     unknown = sorted(set(options) - {"seed", "tiny", "pretraining"})
     if unknown:
         raise ValueError(f"base_options: unknown key(s) {unknown}; valid keys: ['pretraining', 'seed', 'tiny']")
-    try:
-        tiny = TinyConfig(**options.get("tiny", {}))
-        pretraining = PretrainConfig(**options.get("pretraining", {}))
-    except TypeError as err:
-        raise ValueError(f"base_options: {err}") from None
+    tiny, pretraining = tiny_configs(options)
     return load_base(name, seed=options.get("seed", 0), tiny=tiny, pretraining=pretraining, progress=progress)

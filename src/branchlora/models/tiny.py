@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-TINY_VERSION = 1  # bump when the architecture or the pre-training recipe changes, so caches rebuild
+TINY_VERSION = 2  # bump when the architecture or the pre-training recipe changes, so caches rebuild
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class TinyConfig:
 
     image_size: int = 64
     patch_size: int = 8
-    vision_hidden: int = 96
-    vision_layers: int = 2
+    vision_hidden: int = 128
+    vision_layers: int = 4
     vision_heads: int = 4
     hidden: int = 192
     layers: int = 4

@@ -1,0 +1,78 @@
+"""The tiny base's perception: label maps drawn with the renderer's geometry, patch shares, caption read-back."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from branchlora.cli import app
+from branchlora.data import world
+from branchlora.models.loading import INFO_FILE, PACKAGED, packaged_fingerprint
+from branchlora.models.perception import READBACK_FACTS, patch_shares, read_caption
+from branchlora.models.pretrain import PretrainConfig
+from branchlora.models.tiny import TinyConfig, fingerprint
+
+
+def test_label_maps_cover_exactly_the_drawn_shapes():
+    rng = random.Random(0)
+    for sampler in (world.single_object, world.pair_scene, world.grid_scene, world.count_scene):
+        scene = sampler(rng)
+        drawn = np.any(np.asarray(world.render(scene)) != world.BACKGROUND, axis=-1)
+        kinds, colours, words = world.label_maps(scene)
+        assert np.array_equal(kinds != 0, drawn) and np.array_equal(colours != 0, drawn) and not words.any()
+        for item in scene.shapes:  # the centre pixel of a filled shape carries its own class and colour
+            if item.shape not in ("ring", "cross"):
+                cy, cx = (item.box[1] + item.box[3]) // 2, (item.box[0] + item.box[2]) // 2
+                assert world.SHAPE_LABELS[kinds[cy, cx]] == item.shape
+                assert world.COLOUR_LABELS[colours[cy, cx]] == item.colour
+
+
+def test_label_maps_name_the_written_word():
+    scene = world.word_scene(random.Random(3))
+    kinds, _, words = world.label_maps(scene)
+    assert (kinds == world.SHAPE_LABELS.index("text")).sum() > 50
+    ids = set(np.unique(words[kinds == world.SHAPE_LABELS.index("text")]).tolist())
+    assert ids == {1 + world.WORD_LABELS.index(scene.texts[0].text)}
+
+
+def test_patch_shares_against_a_loop():
+    maps = np.random.default_rng(0).integers(0, 5, size=(16, 16))
+    shares = patch_shares(maps, 8, 5)
+    for p, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        block = maps[8 * r : 8 * r + 8, 8 * c : 8 * c + 8]
+        assert np.allclose(shares[p], [(block == k).mean() for k in range(5)])
+    assert np.allclose(shares.sum(-1), 1.0)
+
+
+def test_read_caption_recovers_every_scene_fact():
+    rng = random.Random(1)
+    for _ in range(200):
+        scene = world.random_scene(rng, degraded=0.0)
+        facts = read_caption(world.caption(scene))
+        assert facts["count"] == [len(scene.shapes)]
+        assert facts["shape"] == sorted(s.shape for s in scene.shapes)
+        assert facts["word"] == sorted(world.written_words(scene))
+        assert len(facts["position"]) == len(scene.shapes) + sum(t.role == "word" for t in scene.texts)
+    assert read_caption("a dark blurry photo where nothing can be seen.")["degraded"] == [True]
+    wrong = read_caption("a blue square at the top left.")
+    assert wrong != read_caption("a red square at the top left.") and wrong["shape"] == ["square"]
+
+
+def test_pretrain_quick_writes_a_base_with_its_perception(tmp_path):
+    result = CliRunner().invoke(app, ["pretrain", "--quick", "--out", str(tmp_path / "base")])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "base" / INFO_FILE).read_text())
+    assert set(READBACK_FACTS) <= set(info["perception"]) and info["perception"]["scenes"] == 8
+    assert all(0 <= info["perception"][f] <= 100 for f in READBACK_FACTS)
+    assert (tmp_path / "base" / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(not (PACKAGED / INFO_FILE).is_file(), reason="no committed base in this checkout")
+def test_committed_base_is_the_default_recipe_and_sees():
+    """Changing the recipe without rebuilding the committed base (`branchlora pretrain --out ...`) fails here."""
+    assert packaged_fingerprint() == fingerprint(TinyConfig(), PretrainConfig(), seed=0)
+    info = json.loads((PACKAGED / INFO_FILE).read_text())
+    assert all(info["perception"][fact] >= 95.0 for fact in READBACK_FACTS), info["perception"]
+    assert sum(f.stat().st_size for f in PACKAGED.iterdir()) < 25 * 2**20
