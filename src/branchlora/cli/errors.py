@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IndexError)
 
@@ -17,5 +18,6 @@ def user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+        # Escaped, so a message quoting "[x, y, w, h]" prints as written; soft-wrapped: one line in a log.
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
