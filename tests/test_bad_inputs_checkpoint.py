@@ -187,3 +187,20 @@ def test_error_text_keeps_its_brackets(saved, tmp_path):
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({"name": "b", "image_root": ".", "tasks": [task]}))
     out = cli(root, "evaluate", "--checkpoint", checkpoint, "--benchmark", tmp_path / "b.yaml")
     assert_one_line_error(out, "expected [x, y, w, h], got [1, 2]")
+
+
+def test_a_diverging_run_stops_with_one_line_and_exit_2(saved, tmp_path):
+    """lr 1e12: NaN within a few steps; the run stops naming method, task and step (no table of 0.00)."""
+    root, _, _ = saved
+    config = {
+        "benchmark_options": {"train_size": 4, "test_size": 1},
+        "base_options": MICRO_OPTIONS,
+        "adapter": {"r": 8, "alpha": 16},
+        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e12},
+        "eval": {"batch_size": 8, "max_new_tokens": 2},
+    }
+    (tmp_path / "nan.yaml").write_text(yaml.safe_dump(config))
+    out = cli(root, "run", "--preset", "quick", "--config", tmp_path / "nan.yaml", "--methods", "lora",
+              "--out", tmp_path / "out")  # fmt: skip
+    assert_one_line_error(out, "lora: ", "non-finite", "on task 'scienceqa'", "step 3")
+    assert "ACC" not in out.output

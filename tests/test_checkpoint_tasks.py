@@ -1,6 +1,7 @@
 """Checkpoints know their tasks by name: evaluate, predict and the selector accuracy match tasks by name."""
 
 import json
+import math
 
 import pytest
 import yaml
@@ -12,9 +13,10 @@ from branchlora.data.benchmark import load_benchmark
 from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.inference import evaluate_checkpoint, load_trained, predict
 from branchlora.methods import get_method
-from branchlora.train import TrainConfig
+from branchlora.methods.seqft import SequentialLoRA
+from branchlora.train import DivergedError, TrainConfig
 
-from engine_support import ADAPTER, MICRO, MICRO_PRETRAIN, TOY, fresh, micro_base, toy_stream
+from engine_support import ADAPTER, LORA, MICRO, MICRO_PRETRAIN, TOY, fresh, micro_base, toy_stream
 
 runner = CliRunner()
 NAMES = [t[0] for t in TOY]  # colour, count, shape
@@ -112,3 +114,24 @@ def test_predict_refuses_a_task_the_checkpoint_has_not_learned(trained, monkeypa
     assert predict(loaded, image, "How many dots are drawn here?", task="count")["task"] == "count"
     chosen = predict(loaded, image, "How many dots are drawn here?")
     assert chosen["task"] == "count" and set(chosen["similarity"]) == {"colour", "count"}
+
+
+class NaNOnSecondTask(SequentialLoRA):
+    """LoRA whose second task's loss is NaN from the first step."""
+
+    name = "nan-on-second"
+
+    def extra_loss(self, model, ctx):
+        if ctx.task.index == 1:
+            ctx.add_loss("broken", ctx.outputs.loss * math.nan)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_earlier_checkpoints(trained, tmp_path):
+    root, stream, _ = trained
+    model, _ = micro_base(root / "cache")
+    train = TrainConfig(max_steps=12, batch_size=4, lr=5e-3)
+    with pytest.raises(DivergedError) as err:
+        run_method(NaNOnSecondTask(LORA), model, stream, train, EVAL, tmp_path)
+    assert "nan-on-second: the loss became non-finite (" in str(err.value) and "broken nan" in str(err.value)
+    assert "on task 'count' by step 10" in str(err.value)  # the first step whose losses are read
+    assert (tmp_path / "task-00").is_dir() and not (tmp_path / "task-01").exists()
