@@ -1,4 +1,4 @@
-"""Checkpoints know their tasks by name: evaluate, predict and the selector accuracy match tasks by name."""
+"""Checkpoints know their tasks by name (evaluate, predict, selector accuracy); runs log; NaN stops a run."""
 
 import json
 import math
@@ -14,6 +14,7 @@ from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.inference import evaluate_checkpoint, load_trained, predict
 from branchlora.methods import get_method
 from branchlora.methods.seqft import SequentialLoRA
+from branchlora.report import training_table
 from branchlora.train import DivergedError, TrainConfig
 
 from engine_support import ADAPTER, LORA, MICRO, MICRO_PRETRAIN, TOY, fresh, micro_base, toy_stream
@@ -114,6 +115,24 @@ def test_predict_refuses_a_task_the_checkpoint_has_not_learned(trained, monkeypa
     assert predict(loaded, image, "How many dots are drawn here?", task="count")["task"] == "count"
     chosen = predict(loaded, image, "How many dots are drawn here?")
     assert chosen["task"] == "count" and set(chosen["similarity"]) == {"colour", "count"}
+
+
+def test_run_folder_logs_every_read_step_and_each_task(trained):
+    root, _, result = trained
+    lines = [json.loads(line) for line in (root / "out" / "log.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if x["event"] == "step"]
+    assert [(x["task"], x["step"]) for x in steps] == [(t, s) for t in NAMES for s in (10, 12)]
+    assert all(x["method"] == "branchlora" and x["seed"] == 0 and "loss_task" in x for x in steps)
+    assert all(0 < x["lr"] <= 5e-3 for x in steps)  # the lr the step used (cosine: never 0 before the end)
+    tasks = [x for x in lines if x["event"] == "task"]
+    assert [x["task"] for x in tasks] == NAMES and all(x["steps"] == 12 and x["eval_seconds"] > 0 for x in tasks)
+    summary = result.to_json(3)["tasks"]
+    assert [t["task"] for t in summary] == NAMES and summary[0]["train_seconds"] > 0
+    table = training_table(summary, "branchlora")
+    assert (
+        table[3].startswith("| task | steps | loss align | loss task | train s | eval s | steps/s |")
+        and len(table) == 8
+    )
 
 
 class NaNOnSecondTask(SequentialLoRA):

@@ -26,7 +26,7 @@ from branchlora.adapters import load_adapters, save_adapters
 from branchlora.atomic import write_json
 from branchlora.evaluation.evaluate import EvalConfig, evaluate_task
 from branchlora.evaluation.metrics import all_metrics
-from branchlora.files import CheckpointError, check_tensors, read_json, read_tensors, read_torch, require
+from branchlora.files import CheckpointError, JsonLines, check_tensors, read_json, read_tensors, read_torch, require
 from branchlora.methods.base import Method, Task
 from branchlora.models.parts import projector
 from branchlora.selector import confusion
@@ -64,6 +64,8 @@ class MethodResult:
             "train_seconds": round(self.train_seconds, 2),
             "eval_seconds": round(self.eval_seconds, 2),
         }
+        if self.stats:
+            out["tasks"] = [task_summary(s) for s in self.stats]
         if any(self.chosen):
             true = [i for i, c in enumerate(self.chosen) for _ in c]
             picked = [j for c in self.chosen for j in c]
@@ -71,6 +73,15 @@ class MethodResult:
             out["selector_accuracy"] = round(100.0 * right / len(true), 2)
             out["selector_confusion"] = confusion(true, picked, n_tasks)
         return out
+
+
+def task_summary(stats: dict) -> dict:
+    """A trained task as log.jsonl and report.md show it: steps, timings and the last losses read."""
+    seconds = stats["seconds"]
+    losses = {k: round(v, 4) for k, v in stats.items() if k.startswith("loss_")}
+    return {"task": stats["task"], "steps": stats["steps"], "train_seconds": round(seconds, 2),
+            "eval_seconds": round(stats.get("eval_seconds", 0.0), 2),
+            "steps_per_s": round(stats["steps"] / seconds, 2) if seconds > 0 else None, **losses}  # fmt: skip
 
 
 def evaluate_all(
@@ -119,20 +130,26 @@ def run_method(
     tasks = [(0, "+".join(data.names), [x for t in data.train for x in t])] if method.joint else [
         (i, name, train) for i, (name, train) in enumerate(zip(data.names, data.train, strict=True))
     ]  # fmt: skip
+    log = JsonLines(out_dir / "log.jsonl", method=method.name, seed=train_config.seed)
     for index, name, examples in tasks[start:]:
         task = Task(index, name)
         step = (lambda s, n, losses, _name=name: on_step(_name, s, n, losses)) if on_step else None
+        on_log = (lambda record, _name=name: log("step", task=_name, **record)) if accelerator.is_main_process else None
         t0 = time.perf_counter()
-        stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step)
+        stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step,
+                           on_log)  # fmt: skip
         if index == 0:  # counted as the papers count: what trains on the first task
             result.tunable, result.total = stats["tunable"], sum(p.numel() for p in model.parameters())
         result.train_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         row, result.chosen = evaluate_all(model, method, data, eval_config, accelerator)
-        result.eval_seconds += time.perf_counter() - t0
+        stats = {"task": name, **stats, "eval_seconds": time.perf_counter() - t0}
+        result.eval_seconds += stats["eval_seconds"]
         rows = len(data.names) if method.joint else 1  # the joint bound: one model for every row
         result.matrix += [row] * rows
-        result.stats.append({"task": name, **stats})
+        result.stats.append(stats)
+        if accelerator.is_main_process:
+            log("task", **task_summary(stats))
         if accelerator.is_main_process:
             save_checkpoint(out_dir, index, model, method, result, checkpoint_info or {})
     return result

@@ -1,4 +1,4 @@
-"""Checkpoint files, read with errors that name them: a missing or corrupt file is one clear line.
+"""The files of a run folder: its append-only log, and checkpoint files read with errors that name them.
 
 Loaders raise CheckpointError (a ValueError, so the CLI prints it as one line) instead of the
 safetensors / pickle / JSON parser's own message, which names neither the file nor what was expected.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,17 @@ def check_tensors(path: Path, saved: dict[str, torch.Tensor], expected: dict[str
                 f"{path}: {key} has shape {tuple(got.shape)} but the model expects {tuple(want.shape)} "
                 "(saved for another model or hyper-parameters?)"
             )
+
+
+class JsonLines:
+    """An append-only log, one JSON object per line, each written whole in one write and closed (flushed):
+    a killed run leaves every line before the kill intact.  `fields` go into every line."""
+
+    def __init__(self, path: Path, **fields: Any) -> None:
+        self.path, self.fields = path, fields
+
+    def __call__(self, event: str, **record: Any) -> None:
+        line = json.dumps({"event": event, "time": round(time.time(), 3), **self.fields, **record}) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(line)

@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
 from branchlora.data import world
 from branchlora.data.collate import Collator
 from branchlora.data.minicoin import GENERATORS, MiniCoinOptions
 from branchlora.models.tokenizer import train_tokenizer
+from branchlora.progress import step_progress
 
 CAPTION_PROMPTS = ("Describe the image.", "What is in the picture?", "Write a short caption.", "Describe what you see.")
 
@@ -95,9 +95,7 @@ def pretrain(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     model.train()
     losses = []
-    columns = (TextColumn("pre-training the tiny base"), BarColumn(), TextColumn("{task.fields[loss]}"))
-    with Progress(*columns, TimeRemainingColumn(), disable=not progress, transient=True) as bar:
-        job = bar.add_task("", total=cfg.steps, loss="")
+    with step_progress("pre-training the tiny base", cfg.steps, enabled=progress) as update:
         for step in range(cfg.steps):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, cfg)
@@ -107,7 +105,7 @@ def pretrain(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            bar.update(job, advance=1, loss=f"loss {loss.item():.3f}")
+            update(step + 1, f"loss {losses[-1]:.3f}")
     model.eval()
     with torch.no_grad():
         caption_loss = model(**heldout).loss.item()
