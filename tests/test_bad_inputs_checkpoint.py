@@ -117,6 +117,12 @@ CORRUPTIONS = {
     "state.json bad option": (
         "state.json", lambda p: edit_json(p, lambda d: d["options"].update(nope=1)), "unknown option(s) ['nope']"
     ),
+    "state.json tasks too short": (
+        "state.json", lambda p: edit_json(p, lambda d: d.update(tasks=["colour"])), "names up to task 1"
+    ),
+    "state.json bad base_options": (
+        "state.json", lambda p: edit_json(p, lambda d: d["base_options"].update(size=3)), "unknown key(s) ['size']"
+    ),
     "state.json without tasks": ("state.json", lambda p: edit_json(p, lambda d: d.pop("tasks")), "'tasks' is missing"),
 }  # fmt: skip
 
@@ -160,6 +166,18 @@ def test_predict_with_a_task_the_checkpoint_has_not_learned(saved):
     assert_one_line_error(out, "'shape' is not one this checkpoint has learned; it learned: colour, count")
 
 
+def test_predict_with_an_empty_prompt(saved):
+    root, checkpoint, image = saved
+    out = cli(root, "predict", "--checkpoint", checkpoint, "--image", image, "--prompt", "  ")
+    assert_one_line_error(out, "--prompt is empty")
+
+
+def test_evaluate_with_a_negative_limit(saved):
+    root, checkpoint, _ = saved
+    out = cli(root, "evaluate", "--checkpoint", checkpoint, "--benchmark", "minicoin", "--limit", "-1")
+    assert out.exit_code == 2 and "Invalid value for '--limit'" in out.output and "Traceback" not in out.output
+
+
 def test_evaluate_with_an_unknown_benchmark(saved):
     root, checkpoint, _ = saved
     out = cli(root, "evaluate", "--checkpoint", checkpoint, "--benchmark", "coin-full.yaml")
@@ -172,7 +190,8 @@ def test_checkpoint_whose_base_is_an_offline_hub_id(saved, tmp_path):
     shutil.copytree(checkpoint, copy)
     edit_json(copy / "state.json", lambda d: d.update(base="llava-hf/llava-1.5-7b-hf"))
     out = predict_with(root, copy, image)
-    assert_one_line_error(out, "base 'llava-hf/llava-1.5-7b-hf'", "is not a local folder", "offline mode")
+    assert_one_line_error(out, f"{copy / 'state.json'}: base 'llava-hf/llava-1.5-7b-hf'", "is not a local folder",
+                          "offline mode")  # fmt: skip
 
 
 def test_error_text_keeps_its_brackets(saved, tmp_path):

@@ -42,15 +42,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_trained(path: str | Path) -> Loaded:
-    """The model of a checkpoint, its method, and the tasks it has learned (checked before the base loads)."""
+    """The model of a checkpoint, its method, and the tasks it has learned; errors name the file at fault."""
     folder = resolve_checkpoint(path)
     state = read_state(folder)
-    try:
+    try:  # what state.json names: its method and options, then its base (an HF id may be out of reach)
         method = get_method(state["method"])(state["adapter"], state["options"])
+        model, processor = load_base_from(state.get("base", "tiny"), state.get("base_options"))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{folder / 'state.json'}: {err}") from None
     learned = learned_tasks(state, method, folder / "state.json")
-    model, processor = load_base_from(state.get("base", "tiny"), state.get("base_options"))
     method.setup(model)
     load_checkpoint(folder, model, method)
     model.eval()
@@ -60,11 +60,10 @@ def load_trained(path: str | Path) -> Loaded:
 def learned_tasks(state: dict, method: Method, path: Path) -> list[str]:
     """The tasks behind the method's routers, in order: state.json's "tasks" is the whole stream, of
     which a checkpoint after task i has learned the first i + 1 (a joint method: all of them at once)."""
-    tasks = require(state, "tasks", list, path)
-    learned = tasks if method.joint else tasks[: state["task_index"] + 1]
-    if not learned or not all(isinstance(t, str) for t in learned) or len(tasks) <= state["task_index"]:
-        raise CheckpointError(f"{path}: field 'tasks' {tasks!r} does not name task {state['task_index']}")
-    return list(learned)
+    tasks, index = require(state, "tasks", list, path), state["task_index"]
+    if len(tasks) <= index or not all(isinstance(t, str) for t in tasks):
+        raise CheckpointError(f"{path}: field 'tasks' {tasks!r} is not a list of task names up to task {index}")
+    return tasks if method.joint else tasks[: index + 1]
 
 
 @torch.no_grad()
@@ -98,8 +97,8 @@ def _task_index(loaded: Loaded, task: str) -> int:
 def evaluate_checkpoint(loaded: Loaded, bench, config: EvalConfig) -> dict:
     """Score every task of `bench`, matched by name to the tasks the checkpoint learned: the oracle serves a
     task with its own router, and the selector is right when it picks the router of the sample's task.
-    Tasks the checkpoint never learned are scored (served by the newest router) but cannot count for the
-    selector: they are listed under "not_learned"."""
+    Tasks the checkpoint never learned are scored (the oracle serves them with the newest router) but
+    cannot count for the selector: they are listed under "not_learned"."""
     names = bench.task_names
     data = StreamData(names, [bench.task(n).metric for n in names], [[] for _ in names],
                       [bench.test_examples(n) for n in names], loaded.collator)  # fmt: skip

@@ -17,7 +17,7 @@ def evaluate(
     checkpoint: Path = typer.Option(..., help="a task checkpoint or a method folder"),
     benchmark: str = typer.Option(..., help="a built-in benchmark name or a benchmark YAML file"),
     oracle: bool = typer.Option(False, help="route with the true task id instead of the selector"),
-    limit: int = typer.Option(0, help="test items per task (0: all)"),
+    limit: int = typer.Option(0, min=0, help="test items per task (0: all)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Score every task of a benchmark with a trained checkpoint."""
@@ -43,5 +43,5 @@ def evaluate(
         console.print(f"task selector: {result['selector_accuracy']:.1f}% of the learned tasks' samples routed to "
                       "their own task's router")  # fmt: skip
     if "not_learned" in result:
-        console.print(escape(f"not learned by this checkpoint (scored with its newest router, left out of the "
-                             f"selector accuracy): {', '.join(result['not_learned'])}"))  # fmt: skip
+        console.print(escape(f"not learned by this checkpoint (scored, but left out of the selector accuracy): "
+                             f"{', '.join(result['not_learned'])}"))  # fmt: skip

@@ -20,6 +20,8 @@ def predict(
     """Print the answer, and the task the selector chose with its similarity scores."""
     console = Console()
     with user_errors():
+        if not prompt.strip():
+            raise ValueError("--prompt is empty: give the instruction to answer")
         from branchlora.inference import load_trained
         from branchlora.inference import predict as run_predict
 
