@@ -208,18 +208,30 @@ def test_error_text_keeps_its_brackets(saved, tmp_path):
     assert_one_line_error(out, "expected [x, y, w, h], got [1, 2]")
 
 
-def test_a_diverging_run_stops_with_one_line_and_exit_2(saved, tmp_path):
-    """lr 1e12: NaN within a few steps; the run stops naming method, task and step (no table of 0.00)."""
-    root, _, _ = saved
+def micro_run(root, tmp_path, *overrides, lr=2e-4):
+    """`branchlora run` of LoRA on a small minicoin and the micro base, with `--set` overrides."""
     config = {
         "benchmark_options": {"train_size": 4, "test_size": 1},
         "base_options": MICRO_OPTIONS,
         "adapter": {"r": 8, "alpha": 16},
-        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e12},
+        "train": {"max_steps": 3, "batch_size": 4, "lr": lr},  # a float in the file, whatever --set parses
         "eval": {"batch_size": 8, "max_new_tokens": 2},
     }
-    (tmp_path / "nan.yaml").write_text(yaml.safe_dump(config))
-    out = cli(root, "run", "--preset", "quick", "--config", tmp_path / "nan.yaml", "--methods", "lora",
-              "--out", tmp_path / "out")  # fmt: skip
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(config))
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    return cli(root, "run", "--preset", "quick", "--config", tmp_path / "micro.yaml", "--methods", "lora",
+               "--out", tmp_path / "out", *sets)  # fmt: skip
+
+
+def test_run_with_an_offline_hub_base(saved, tmp_path):
+    root, _, _ = saved
+    out = micro_run(root, tmp_path, "base=llava-hf/llava-1.5-7b-hf", "base_options={}")
+    assert_one_line_error(out, "base 'llava-hf/llava-1.5-7b-hf': is not a local folder", "offline mode")
+
+
+def test_a_diverging_run_stops_with_one_line_and_exit_2(saved, tmp_path):
+    """lr 1e12: NaN within a few steps; the run stops naming method, task and step (no table of 0.00)."""
+    root, _, _ = saved
+    out = micro_run(root, tmp_path, lr=1e12)
     assert_one_line_error(out, "lora: ", "non-finite", "on task 'scienceqa'", "step 3")
     assert "ACC" not in out.output
