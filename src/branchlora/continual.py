@@ -130,14 +130,13 @@ def run_method(
     tasks = [(0, "+".join(data.names), [x for t in data.train for x in t])] if method.joint else [
         (i, name, train) for i, (name, train) in enumerate(zip(data.names, data.train, strict=True))
     ]  # fmt: skip
-    log = JsonLines(out_dir / "log.jsonl", method=method.name, seed=train_config.seed)
+    log = JsonLines(out_dir / "log.jsonl", accelerator.is_main_process, method=method.name, seed=train_config.seed)
     for index, name, examples in tasks[start:]:
         task = Task(index, name)
         step = (lambda s, n, losses, _name=name: on_step(_name, s, n, losses)) if on_step else None
-        on_log = (lambda record, _name=name: log("step", task=_name, **record)) if accelerator.is_main_process else None
         t0 = time.perf_counter()
         stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step,
-                           on_log)  # fmt: skip
+                           lambda record, _name=name: log("step", task=_name, **record))  # fmt: skip
         if index == 0:  # counted as the papers count: what trains on the first task
             result.tunable, result.total = stats["tunable"], sum(p.numel() for p in model.parameters())
         result.train_seconds += time.perf_counter() - t0
@@ -148,8 +147,7 @@ def run_method(
         rows = len(data.names) if method.joint else 1  # the joint bound: one model for every row
         result.matrix += [row] * rows
         result.stats.append(stats)
-        if accelerator.is_main_process:
-            log("task", **task_summary(stats))
+        log("task", **task_summary(stats))
         if accelerator.is_main_process:
             save_checkpoint(out_dir, index, model, method, result, checkpoint_info or {})
     return result

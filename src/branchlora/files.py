@@ -86,12 +86,15 @@ def check_tensors(path: Path, saved: dict[str, torch.Tensor], expected: dict[str
 
 class JsonLines:
     """An append-only log, one JSON object per line, each written whole in one write and closed (flushed):
-    a killed run leaves every line before the kill intact.  `fields` go into every line."""
+    a killed run leaves every line before the kill intact.  `fields` go into every line; a log that is
+    not `enabled` (another process than the main one) writes nothing."""
 
-    def __init__(self, path: Path, **fields: Any) -> None:
-        self.path, self.fields = path, fields
+    def __init__(self, path: Path, enabled: bool = True, **fields: Any) -> None:
+        self.path, self.enabled, self.fields = path, enabled, fields
 
     def __call__(self, event: str, **record: Any) -> None:
+        if not self.enabled:
+            return
         line = json.dumps({"event": event, "time": round(time.time(), 3), **self.fields, **record}) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
