@@ -10,7 +10,6 @@ Each task reseeds from the run's seed, so a resumed run ends with the same matri
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -20,13 +19,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from branchlora.adapters import load_adapters, save_adapters
 from branchlora.atomic import write_json
 from branchlora.evaluation.evaluate import EvalConfig, evaluate_task
 from branchlora.evaluation.metrics import all_metrics
+from branchlora.files import CheckpointError, JsonLines, check_tensors, read_json, read_tensors, read_torch, require
 from branchlora.methods.base import Method, Task
 from branchlora.models.parts import projector
 from branchlora.selector import confusion
@@ -64,6 +64,8 @@ class MethodResult:
             "train_seconds": round(self.train_seconds, 2),
             "eval_seconds": round(self.eval_seconds, 2),
         }
+        if self.stats:
+            out["tasks"] = [task_summary(s) for s in self.stats]
         if any(self.chosen):
             true = [i for i, c in enumerate(self.chosen) for _ in c]
             picked = [j for c in self.chosen for j in c]
@@ -73,11 +75,28 @@ class MethodResult:
         return out
 
 
-def evaluate_all(model, method, data: StreamData, config: EvalConfig, accelerator) -> tuple[list[float], list]:
-    """Score every task of the stream (trained or not): one row of the accuracy matrix."""
+def task_summary(stats: dict) -> dict:
+    """A trained task as log.jsonl and report.md show it: steps, timings and the last losses read."""
+    seconds = stats["seconds"]
+    losses = {k: round(v, 4) for k, v in stats.items() if k.startswith("loss_")}
+    return {"task": stats["task"], "steps": stats["steps"], "train_seconds": round(seconds, 2),
+            "eval_seconds": round(stats.get("eval_seconds", 0.0), 2),
+            "steps_per_s": round(stats["steps"] / seconds, 2) if seconds > 0 else None, **losses}  # fmt: skip
+
+
+def evaluate_all(
+    model, method, data: StreamData, config: EvalConfig, accelerator, learned: list[str] | None = None
+) -> tuple[list[float], list]:
+    """Score every task of the stream (trained or not): one row of the accuracy matrix.
+
+    Tasks reach the method by name: `learned` lists the tasks behind its routers in order (default: the
+    stream's own order), so a task is given the index of the learned task of the same name, and one not
+    learned the index after the last (the methods serve it with the newest router)."""
+    learned = data.names if learned is None else learned
     row, chosen = [], []
-    for i, (name, metric, test) in enumerate(zip(data.names, data.metrics, data.test, strict=True)):
-        result = evaluate_task(model, method, Task(i, name), test, metric, data.collator, config, accelerator)
+    for name, metric, test in zip(data.names, data.metrics, data.test, strict=True):
+        task = Task(learned.index(name) if name in learned else len(learned), name)
+        result = evaluate_task(model, method, task, test, metric, data.collator, config, accelerator)
         row.append(result.score)
         chosen.append(result.chosen)
     return row, chosen
@@ -113,20 +132,24 @@ def run_method(
     ]  # fmt: skip
     if method.joint:  # the same budget as the stream: T tasks' worth of steps on their union
         train_config = replace(train_config, max_steps=train_config.max_steps * len(data.names))
+    log = JsonLines(out_dir / "log.jsonl", accelerator.is_main_process, method=method.name, seed=train_config.seed)
     for index, name, examples in tasks[start:]:
         task = Task(index, name)
         step = (lambda s, n, losses, _name=name: on_step(_name, s, n, losses)) if on_step else None
         t0 = time.perf_counter()
-        stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step)
+        stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step,
+                           lambda record, _name=name: log("step", task=_name, **record))  # fmt: skip
         if index == 0:  # counted as the papers count: what trains on the first task
             result.tunable, result.total = stats["tunable"], sum(p.numel() for p in model.parameters())
         result.train_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         row, result.chosen = evaluate_all(model, method, data, eval_config, accelerator)
-        result.eval_seconds += time.perf_counter() - t0
+        stats = {"task": name, **stats, "eval_seconds": time.perf_counter() - t0}
+        result.eval_seconds += stats["eval_seconds"]
         rows = len(data.names) if method.joint else 1  # the joint bound: one model for every row
         result.matrix += [row] * rows
-        result.stats.append({"task": name, **stats})
+        result.stats.append(stats)
+        log("task", **task_summary(stats))
         if accelerator.is_main_process:
             save_checkpoint(out_dir, index, model, method, result, checkpoint_info or {})
     return result
@@ -161,16 +184,35 @@ def save_checkpoint(
     return final
 
 
+def read_state(folder: Path) -> dict:
+    """DIR/state.json, checked for what loading needs: the method, its adapter and options, the task index."""
+    path = folder / "state.json"
+    state = read_json(path)
+    for key, kind in (("method", str), ("task_index", int), ("adapter", dict), ("options", dict)):
+        require(state, key, kind, path)
+    return state
+
+
 def load_checkpoint(folder: Path, model: nn.Module, method: Method, result: MethodResult | None = None) -> int:
-    """Restore a checkpoint into a model set up by `method`; returns the index of its task."""
-    state = json.loads((folder / "state.json").read_text())
+    """Restore a checkpoint into a model set up by `method`; returns the index of its task.
+
+    A missing or corrupt file, or one saved for another model, raises CheckpointError naming it."""
+    state = read_state(folder)
     load_adapters(model, folder)
     proj = projector(model)
-    if proj is not None and (folder / "projector.safetensors").exists():
+    if proj is not None:
+        path = folder / "projector.safetensors"
+        saved = read_tensors(path)
+        check_tensors(path, saved, proj.state_dict())
         device = next(proj.parameters()).device
-        proj.load_state_dict({k: v.to(device) for k, v in load_file(str(folder / "projector.safetensors")).items()})
-    method.load_state_dict(torch.load(folder / "method.pt", weights_only=True))
+        proj.load_state_dict({k: v.to(device) for k, v in saved.items()})
+    path = folder / "method.pt"
+    extra = read_torch(path)
+    try:
+        method.load_state_dict(extra)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not the state of method {method.name!r} ({err!r})") from None
     if result is not None:
-        for key, value in state["result"].items():
+        for key, value in require(state, "result", dict, folder / "state.json").items():
             setattr(result, key, value)
     return state["task_index"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +10,11 @@ from accelerate import Accelerator
 
 from branchlora.adapters import routing_context
 from branchlora.batch import model_inputs
-from branchlora.continual import StreamData, evaluate_all, latest_checkpoint, load_checkpoint
+from branchlora.continual import StreamData, evaluate_all, latest_checkpoint, load_checkpoint, read_state
 from branchlora.data.benchmark import TestExample
 from branchlora.data.collate import Collator
 from branchlora.evaluation.evaluate import EvalConfig
+from branchlora.files import CheckpointError, require
 from branchlora.methods import Method, Task, get_method
 from branchlora.models.loading import load_base_from
 
@@ -24,7 +24,7 @@ class Loaded:
     model: torch.nn.Module
     method: Method
     collator: Collator
-    tasks: list[str]  # the trained task stream, in order
+    tasks: list[str]  # the tasks it has learned, in order: router t serves tasks[t]
     folder: Path
 
 
@@ -42,14 +42,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_trained(path: str | Path) -> Loaded:
+    """The model of a checkpoint, its method, and the tasks it has learned; errors name the file at fault."""
     folder = resolve_checkpoint(path)
-    state = json.loads((folder / "state.json").read_text())
-    model, processor = load_base_from(state.get("base", "tiny"), state.get("base_options"))
-    method = get_method(state["method"])(state["adapter"], state["options"])
+    state = read_state(folder)
+    try:  # what state.json names: its method and options, then its base (an HF id may be out of reach)
+        method = get_method(state["method"])(state["adapter"], state["options"])
+        model, processor = load_base_from(state.get("base", "tiny"), state.get("base_options"))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / 'state.json'}: {err}") from None
+    learned = learned_tasks(state, method, folder / "state.json")
     method.setup(model)
     load_checkpoint(folder, model, method)
     model.eval()
-    return Loaded(model, method, Collator(processor), state.get("tasks", []), folder)
+    return Loaded(model, method, Collator(processor), learned, folder)
+
+
+def learned_tasks(state: dict, method: Method, path: Path) -> list[str]:
+    """The tasks behind the method's routers, in order: state.json's "tasks" is the whole stream, of
+    which a checkpoint after task i has learned the first i + 1 (a joint method: all of them at once)."""
+    tasks, index = require(state, "tasks", list, path), state["task_index"]
+    if len(tasks) <= index or not all(isinstance(t, str) for t in tasks):
+        raise CheckpointError(f"{path}: field 'tasks' {tasks!r} is not a list of task names up to task {index}")
+    return tasks if method.joint else tasks[: index + 1]
 
 
 @torch.no_grad()
@@ -76,21 +90,26 @@ def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, m
 
 def _task_index(loaded: Loaded, task: str) -> int:
     if task not in loaded.tasks:
-        raise ValueError(f"unknown task {task!r}; this checkpoint learned: {', '.join(loaded.tasks)}")
+        raise ValueError(f"task {task!r} is not one this checkpoint has learned; it learned: {', '.join(loaded.tasks)}")
     return loaded.tasks.index(task)
 
 
 def evaluate_checkpoint(loaded: Loaded, bench, config: EvalConfig) -> dict:
-    """Score every task of `bench`; tasks are matched to the trained stream by name (for the oracle)."""
-    names = [t for t in loaded.tasks if t in bench.task_names] + [t for t in bench.task_names if t not in loaded.tasks]
+    """Score every task of `bench`, matched by name to the tasks the checkpoint learned: the oracle serves a
+    task with its own router, and the selector is right when it picks the router of the sample's task.
+    Tasks the checkpoint never learned are scored (the oracle serves them with the newest router) but
+    cannot count for the selector: they are listed under "not_learned"."""
+    names = bench.task_names
     data = StreamData(names, [bench.task(n).metric for n in names], [[] for _ in names],
                       [bench.test_examples(n) for n in names], loaded.collator)  # fmt: skip
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     loaded.model.to(accelerator.device)
-    row, chosen = evaluate_all(loaded.model, loaded.method, data, config, accelerator)
+    row, chosen = evaluate_all(loaded.model, loaded.method, data, config, accelerator, learned=loaded.tasks)
     scores = dict(zip(names, (round(x, 2) for x in row), strict=True))
-    routed = [(i, j) for i, c in enumerate(chosen) for j in c]
     out = {"checkpoint": str(loaded.folder), "scores": scores, "mean": round(sum(row) / len(row), 2)}
+    if not_learned := [name for name in names if name not in loaded.tasks]:
+        out["not_learned"] = not_learned
+    routed = [(name, loaded.tasks[j]) for name, c in zip(names, chosen, strict=True) if name in loaded.tasks for j in c]
     if routed:
-        out["selector_accuracy"] = round(100.0 * sum(i == j for i, j in routed) / len(routed), 2)
+        out["selector_accuracy"] = round(100.0 * sum(true == picked for true, picked in routed) / len(routed), 2)
     return out

@@ -59,6 +59,21 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def training_table(tasks: list[dict], method: str) -> list[str]:
+    """Per task: steps, the last losses read, and timings (every logged step is in <method>/log.jsonl)."""
+    if not tasks:
+        return []
+    losses = sorted({k for t in tasks for k in t if k.startswith("loss_")})
+    header = ["task", "steps", *(k.replace("_", " ") for k in losses), "train s", "eval s", "steps/s"]
+    lines = ["", f"Training (the last losses read; every logged step in `{method}/log.jsonl`):", "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]  # fmt: skip
+    for t in tasks:
+        cells = [t["task"], str(t["steps"]), *(_fmt(t.get(k), 4) for k in losses)]
+        cells += [_fmt(t["train_seconds"], 1), _fmt(t["eval_seconds"], 1), _fmt(t["steps_per_s"], 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_report(results: dict) -> str:
     tasks = results["benchmark"]["tasks"]
     base = results["base"]
@@ -103,6 +118,7 @@ def render_report(results: dict) -> str:
                       "| true \\ chosen | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]  # fmt: skip
             for t, row in enumerate(r["selector_confusion"]):
                 lines.append(f"| {tasks[t]} | " + " | ".join(str(x) for x in row) + " |")
+        lines += training_table(r.get("tasks", []), name)
         lines += ["", f"![matrix](plots/matrix-{name}.png) ![tasks](plots/tasks-{name}.png)", ""]
     lines += ["## For orientation: the papers' numbers on real CoIN (LLaVA-1.5-7B), not measured here", "",
               "| method | ACC | MAA | BWT | tunable |", "|---|---|---|---|---|"]  # fmt: skip

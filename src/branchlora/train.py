@@ -100,8 +100,13 @@ def train_task(
     config: TrainConfig,
     accelerator: Accelerator,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    on_log: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
-    """Train one task: a fresh optimizer and schedule, the method's losses, gradient accumulation."""
+    """Train one task: a fresh optimizer and schedule, the method's losses, gradient accumulation.
+
+    `on_step(step, total, losses)` follows progress on every step (losses as last read); `on_log` gets
+    {"step", "lr", "loss_<name>"...} on each step whose losses are read.  A non-finite loss, or
+    parameters that are not finite at the end, raise DivergedError before the task's hooks run."""
     set_seed(config.seed * 1000 + task.index)  # the task's randomness depends on nothing before it
     method.on_task_start(model, task)
     groups = param_groups(model, method, config)
@@ -133,6 +138,7 @@ def train_task(
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                lr = optimizer.param_groups[0]["lr"]  # the adapters' lr for this step (a float: no sync)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -140,13 +146,45 @@ def train_task(
                 step += 1
                 if step % LOSS_EVERY == 0 or step == updates:  # .item() waits for the device: not every step
                     last = {name: value.item() for name, value in ctx.losses.items()}
+                    check_finite(last, method, task, step)
+                    if on_log is not None:
+                        on_log({"step": step, "lr": lr, **_prefixed(last)})
                 if on_step is not None:
                     on_step(step, updates, last)
                 if step >= updates:
                     break
+    check_finite_parameters(trainable, method, task, step)  # the last update may have overflowed
     model.eval()
     runner = TaskRunner(examples, collate, task_ids, accelerator, config.batch_size)
     method.on_task_end(model, task, runner)
     accelerator.free_memory()
-    losses = {f"loss_{k}": v for k, v in last.items()}
-    return {"steps": step, "seconds": time.perf_counter() - start, "tunable": tunable, **losses}
+    return {"steps": step, "seconds": time.perf_counter() - start, "tunable": tunable, **_prefixed(last)}
+
+
+def _prefixed(losses: dict[str, float]) -> dict[str, float]:
+    return {f"loss_{k}": v for k, v in losses.items()}
+
+
+class DivergedError(ValueError):
+    """Training produced a non-finite loss or parameters: a ValueError, as the cause is a setting
+    (lr, precision, data) the user chose, so the CLI prints it as one line and exits with status 2."""
+
+
+def check_finite(losses: dict[str, float], method: Method, task: Task, step: int) -> None:
+    """Stop at the first read of a non-finite loss: later steps and checkpoints would only carry NaN on."""
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise DivergedError(
+            f"{method.name}: the loss became non-finite ({shown}) on task {task.name!r} by step {step}; "
+            "training stopped, the checkpoints of earlier tasks are kept (try a lower train.lr)"
+        )
+
+
+def check_finite_parameters(params: list[torch.Tensor], method: Method, task: Task, step: int) -> None:
+    """One host sync per task: the trained parameters are finite (no NaN adapters reach a checkpoint)."""
+    if params and not torch.stack([p.detach().isfinite().all() for p in params]).all().item():
+        raise DivergedError(
+            f"{method.name}: parameters became non-finite on task {task.name!r} at step {step}; training "
+            "stopped, the checkpoints of earlier tasks are kept (try a lower train.lr)"
+        )

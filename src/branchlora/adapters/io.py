@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from branchlora.adapters.config import AdapterConfig
 from branchlora.adapters.inject import adapter_layers, inject_adapters
 from branchlora.atomic import atomic_path, write_json
+from branchlora.files import CheckpointError, check_tensors, read_json, read_tensors, require
 
 WEIGHTS = "adapters.safetensors"
 CONFIG = "adapters.json"
@@ -43,13 +43,14 @@ def read_adapter_config(directory: str | Path) -> tuple[AdapterConfig, dict]:
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {directory} holds no saved adapters")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    data = read_json(path)
     if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
-    return AdapterConfig.from_dict(data["adapter"]), data["layers"]
+        raise CheckpointError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
+    adapter, layers = require(data, "adapter", dict, path), require(data, "layers", dict, path)
+    try:
+        return AdapterConfig.from_dict(adapter), layers
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: field 'adapter': {err}") from None
 
 
 def load_adapters(model: nn.Module, directory: str | Path) -> None:
@@ -60,22 +61,19 @@ def load_adapters(model: nn.Module, directory: str | Path) -> None:
     if current is None:
         inject_adapters(model, config)
     elif current.kind != config.kind:
-        raise ValueError(f"{directory} holds {config.kind!r} adapters but the model has {current.kind!r} ones")
+        have = f"holds {config.kind!r} adapters but the model has {current.kind!r} ones"
+        raise CheckpointError(f"{directory / CONFIG} {have}")
     layers = dict(adapter_layers(model))
     if set(layers) != set(structure):
         missing = sorted(set(structure) ^ set(layers))[:5]
-        raise ValueError(f"{directory}: saved adapter layers differ from the model's, e.g. {missing}")
-    tensors = load_file(str(directory / WEIGHTS))
+        raise CheckpointError(f"{directory / CONFIG}: saved adapter layers differ from the model's, e.g. {missing}")
     for name, layer in layers.items():
-        layer.restructure(structure[name])  # also restores which parts are frozen
-        expected = _adapter_state(layer)
-        state = {key: tensors.get(f"{name}.{key}") for key in expected}
-        for key, value in state.items():
-            if value is None:
-                raise ValueError(f"{directory / WEIGHTS}: tensor {name}.{key} is missing")
-            if value.shape != expected[key].shape:
-                raise ValueError(
-                    f"{directory / WEIGHTS}: {name}.{key} has shape {tuple(value.shape)} but the model "
-                    f"expects {tuple(expected[key].shape)} (saved for another model or hyper-parameters?)"
-                )
-        layer.load_state_dict(state, strict=False)
+        try:
+            layer.restructure(structure[name])  # also restores which parts are frozen: shapes follow
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise CheckpointError(f"{directory / CONFIG}: layer {name}: bad structure ({err!r})") from None
+    expected = {f"{name}.{key}": v for name, layer in layers.items() for key, v in _adapter_state(layer).items()}
+    tensors = read_tensors(directory / WEIGHTS)
+    check_tensors(directory / WEIGHTS, tensors, expected)
+    for name, layer in layers.items():
+        layer.load_state_dict({key: tensors[f"{name}.{key}"] for key in _adapter_state(layer)}, strict=False)

@@ -18,5 +18,6 @@ def user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(message))}", highlight=False)  # "[x, y]" is text
+        # Escaped, so a message quoting "[x, y, w, h]" prints as written; soft-wrapped: one line in a log.
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

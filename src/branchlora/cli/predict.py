@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from branchlora.cli.errors import user_errors
 
@@ -19,12 +20,15 @@ def predict(
     """Print the answer, and the task the selector chose with its similarity scores."""
     console = Console()
     with user_errors():
+        if not prompt.strip():
+            raise ValueError("--prompt is empty: give the instruction to answer")
         from branchlora.inference import load_trained
         from branchlora.inference import predict as run_predict
 
         result = run_predict(load_trained(checkpoint), image, prompt, task)
-    console.print(f"[bold]answer:[/] {result['answer']}")
+    console.print(f"[bold]answer:[/] {escape(result['answer'])}")  # a box answer is "[x1, y1, x2, y2]"
     if result.get("task") is not None:
-        console.print(f"task: {result['task']}" + (" (given)" if task else " (chosen by the task selector)"))
+        how = " (given)" if task else " (chosen by the task selector)"
+        console.print(escape(f"task: {result['task']}{how}"))
     for name, score in (result.get("similarity") or {}).items():
-        console.print(f"  similarity {name}: {score:.4f}")
+        console.print(escape(f"  similarity {name}: {score:.4f}"))

@@ -41,10 +41,7 @@ def load_base(
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """(model, processor) for "tiny" or a Hugging Face id / local directory; see `base_info` for the report."""
     if name != "tiny":
-        model = LlavaForConditionalGeneration.from_pretrained(name)
-        processor = LlavaProcessor.from_pretrained(name)
-        setattr(model, INFO_ATTR, {"name": str(name), "pretrain_seconds": 0.0, "caption_loss": None})
-        return model.eval(), processor
+        return load_pretrained(name)
     tiny, pretraining = tiny or TinyConfig(), pretraining or PretrainConfig()
     key = fingerprint(tiny, pretraining, seed=seed)
     folder = Path(cache_dir or default_cache_dir()) / "models" / f"tiny-{key}"
@@ -60,6 +57,32 @@ def load_base(
         info["pretrain_seconds"] = 0.0  # this run paid nothing for the base
     setattr(model, INFO_ATTR, info)
     return model.eval(), processor
+
+
+def load_pretrained(name: str) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A llava-hf model from a local folder or the hub; when neither works, one line saying why."""
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(name)
+        processor = LlavaProcessor.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"base {str(name)!r}: {_not_loaded(str(name), err)}") from None
+    setattr(model, INFO_ATTR, {"name": str(name), "pretrain_seconds": 0.0, "caption_loss": None})
+    return model.eval(), processor
+
+
+def _not_loaded(name: str, err: Exception) -> str:
+    """Why transformers could not load `name`, in a few words (its own message spans lines and URLs)."""
+    from huggingface_hub import constants
+
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if Path(name).expanduser().is_dir():
+        return f"the folder holds no loadable LLaVA model ({first})"
+    where = "is not a local folder and could not be loaded from the Hugging Face hub"
+    if constants.HF_HUB_OFFLINE:
+        return f"{where}: offline mode (HF_HUB_OFFLINE=1) and not in the local cache"
+    if "couldn't connect" in first:
+        return f"{where}: no network and not in the local cache"
+    return f"{where}: not found ({first})"
 
 
 def base_info(model: LlavaForConditionalGeneration) -> dict:

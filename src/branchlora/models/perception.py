@@ -104,7 +104,7 @@ def _patch_accuracy(logits: torch.Tensor, shares: torch.Tensor, clear: torch.Ten
 def train_tower(tower: nn.Module, image_processor, patch: int, cfg, *, seed: int, log) -> dict[str, float]:
     """Train the vision tower (and throw-away heads) on perception; returns held-out accuracies.
 
-    `cfg` is the base's PretrainConfig (tower_steps, tower_batch_size, tower_lr, warmup)."""
+    `cfg` is the base's PretrainConfig (tower_steps, tower_batch_size, tower_lr, warmup); `log(step, status)`."""
     torch.manual_seed(seed)
     heads = PerceptionHeads(tower.config.hidden_size)
     params = [*tower.parameters(), *heads.parameters()]
@@ -121,7 +121,7 @@ def train_tower(tower: nn.Module, image_processor, patch: int, cfg, *, seed: int
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        log(step + 1, cfg.tower_steps, {"loss": loss.item(), **result["accuracy"]})
+        log(step + 1, "  ".join(f"{k} {v:.3f}" for k, v in {"loss": loss.item(), **result["accuracy"]}.items()))
     tower.eval()
     with torch.no_grad():
         held_out = perception_batch(random.Random(f"perception-heldout/{seed}"), 256, image_processor, patch)

@@ -23,6 +23,7 @@ from branchlora.data.minicoin import GENERATORS, MiniCoinOptions
 from branchlora.models.perception import readback, schedule, train_tower
 from branchlora.models.tiny import TinyConfig
 from branchlora.models.tokenizer import train_tokenizer
+from branchlora.progress import step_progress
 
 CAPTION_PROMPTS = ("Describe the image.", "What is in the picture?", "Write a short caption.", "Describe what you see.")
 
@@ -93,10 +94,11 @@ def pretrain(
     start = time.perf_counter()
     inner = model.model
     patch = inner.vision_tower.config.patch_size
-    tower = train_tower(inner.vision_tower, processor.image_processor, patch, cfg, seed=seed,
-                        log=progress_log("stage 1: perception of the vision tower", progress))  # fmt: skip
+    with step_progress("tiny base, stage 1: perception", cfg.tower_steps, enabled=progress) as update:
+        tower = train_tower(inner.vision_tower, processor.image_processor, patch, cfg, seed=seed, log=update)
     inner.vision_tower.requires_grad_(False)
-    losses = train_captions(model, processor, cfg, seed=seed, log=progress_log("stage 2: captioning", progress))
+    with step_progress("tiny base, stage 2: captioning", cfg.steps, enabled=progress) as update:
+        losses = train_captions(model, processor, cfg, seed=seed, log=update)
     collator = Collator(processor, prompt_format="llava")
     heldout = caption_batch(collator, random.Random(f"heldout/{seed}"), cfg.heldout, processor_size(processor))
     model.eval()
@@ -105,17 +107,6 @@ def pretrain(
     perception = readback(model, collator, cfg.readback, seed=seed)
     return {"tower_accuracy": tower, "caption_loss": caption_loss, "perception": perception, "losses": losses,
             "pretrain_seconds": time.perf_counter() - start}  # fmt: skip
-
-
-def progress_log(title: str, enabled: bool):
-    """A step callback printing a plain line at every tenth of a stage (readable in a terminal and in a log)."""
-
-    def log(step: int, total: int, values: dict[str, float]) -> None:
-        if enabled and (step == total or step % max(1, total // 10) == 0):
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in values.items())
-            print(f"tiny base · {title}: step {step}/{total}  {shown}", flush=True)
-
-    return log
 
 
 def processor_size(processor: LlavaProcessor) -> int:
@@ -140,5 +131,5 @@ def train_captions(model: LlavaForConditionalGeneration, processor, cfg: Pretrai
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        log(step + 1, cfg.steps, {"loss": losses[-1]})
+        log(step + 1, f"loss {losses[-1]:.3f}")
     return losses
