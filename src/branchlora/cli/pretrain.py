@@ -11,6 +11,7 @@ from rich.table import Table
 
 from branchlora.cli.errors import user_errors
 
+
 def pretrain(
     out: Path = typer.Option(None, help="folder to write the base to (default: the cache, where runs find it)"),
     seed: int = typer.Option(0, help="seed of the tokenizer, the weights and the generated scenes"),

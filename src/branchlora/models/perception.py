@@ -3,16 +3,15 @@
 LLaVA starts from a vision tower that already sees; ours is trained for it on dense targets read off the
 scene itself.  For every patch: the share of its pixels covered by each kind of thing (a shape class,
 written text, a book cover, nothing), by each colour and by each written word; for every image: which
-words are written, and whether the photo is too degraded to read.  The language model never sees these labels: stage 2 teaches
-it to describe what the tower perceives (captions), and the tasks are learned later still.
+words are written, and whether the photo is too degraded to read.  The language model never sees these
+labels: stage 2 teaches it to describe what the tower perceives (captions); the tasks are learned later still.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import random
-from dataclasses import dataclass
+import re
 
 import numpy as np
 import torch
@@ -184,4 +183,5 @@ def readback(model: nn.Module, collator, n: int, *, seed: int, prompt: str = "De
             if has_it:
                 right[fact].append(truth[fact] == said[fact])
     accuracy = {fact: round(100.0 * sum(r) / max(1, len(r)), 2) for fact, r in right.items()}
-    return {**accuracy, "scenes": n, "examples": [[world.caption(s), t] for s, t in zip(scenes[:3], predicted[:3])]}
+    examples = [[world.caption(s), t] for s, t in zip(scenes[:3], predicted[:3], strict=True)]
+    return {**accuracy, "scenes": n, "examples": examples}

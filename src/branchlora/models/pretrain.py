@@ -45,7 +45,8 @@ class PretrainConfig:
 
 
 # The short schedule `branchlora pretrain --quick` and the tests run: micro sizes, a few steps of each stage.
-QUICK_TINY = TinyConfig(vision_hidden=32, vision_layers=1, hidden=64, layers=2, heads=2, intermediate=128, vocab_size=400)
+QUICK_TINY = TinyConfig(vision_hidden=32, vision_layers=1, hidden=64, layers=2, heads=2, intermediate=128,
+                        vocab_size=400)  # fmt: skip
 QUICK_PRETRAIN = PretrainConfig(tower_steps=10, tower_batch_size=8, steps=20, batch_size=4, lr=3e-3, warmup=4,
                                 tokenizer_texts=200, heldout=4, readback=8)  # fmt: skip
 
