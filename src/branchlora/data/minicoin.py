@@ -19,6 +19,7 @@ from branchlora.atomic import atomic_dir
 from branchlora.data import world
 from branchlora.data.templates import instruction
 from branchlora.data.world import COLOURS, SHAPES, WORDS, Scene
+from branchlora.typed import check_fields
 
 GENERATOR_VERSION = 1  # bump when generated files change, so old caches are not reused
 TASKS = ("scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa")
@@ -43,6 +44,13 @@ class MiniCoinOptions:
     test_size: int = 50  # items per task
     instructions: str = "original"  # or "10type"
     image_size: int = 64  # the tiny base's resolution
+
+    def __post_init__(self) -> None:
+        check_fields(self, minimum=0)
+        if min(self.train_size, self.test_size, self.image_size) < 1:
+            raise ValueError(f"train_size, test_size and image_size must be >= 1, got {self}")
+        if self.instructions not in ("original", "10type"):
+            raise ValueError(f"instructions: expected original or 10type, got {self.instructions!r}")
 
     def fingerprint(self) -> str:
         """The cache folder's name: changes with any option and with the generator's version."""

@@ -20,6 +20,7 @@ from branchlora.data import world
 from branchlora.data.collate import Collator
 from branchlora.data.minicoin import GENERATORS, MiniCoinOptions
 from branchlora.models.tokenizer import train_tokenizer
+from branchlora.typed import check_fields
 
 CAPTION_PROMPTS = ("Describe the image.", "What is in the picture?", "Write a short caption.", "Describe what you see.")
 
@@ -34,6 +35,11 @@ class PretrainConfig:
     warmup: int = 50
     tokenizer_texts: int = 3000  # scenes captioned (and task texts drawn) to train the tokenizer on
     heldout: int = 64  # captions kept aside to measure the reported caption loss
+
+    def __post_init__(self) -> None:
+        check_fields(self, minimum=0)
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ValueError(f"pretraining: lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
 
 
 def sample_scene(rng: random.Random, size: int) -> world.Scene:
