@@ -4,8 +4,8 @@ A run is layered: a preset under branchlora/configs/, then the user's YAML file,
 (`--set section.key=value` and the flags).  Each layer *replaces* every key it names: a YAML file names
 its top-level keys and the keys inside `train:` and `eval:`; `--set a.b=v` names a.b; `null` restores
 the default.  Options belong to what they configure: a layer that changes `benchmark` (or `base`)
-without naming `benchmark_options` (or `base_options`) drops the earlier layers' options, so the
-preset's minicoin sizes never reach the user's own benchmark.  Every value is converted and checked
+drops the earlier layers' `benchmark_options` (or `base_options`), so the preset's minicoin sizes never
+reach the user's own benchmark.  Every value is converted and checked
 at load (branchlora/typed.py); a bad one fails at once with one line naming the key and the value.
 """
 
@@ -56,13 +56,13 @@ class RunConfig:
     benchmark: str = field(default="minicoin", metadata={"help": "built-in benchmark name or a YAML file"})
     benchmark_options: dict = field(
         default_factory=dict,
-        metadata={"help": "options of the built-in benchmark (see benchmark_options.*); dropped when a later "
-                          "layer changes benchmark; none allowed for a YAML benchmark"},
+        metadata={"help": "options of the built-in benchmark (see benchmark_options.*); a layer that changes "
+                          "benchmark drops the earlier ones; none allowed for a YAML benchmark"},
     )  # fmt: skip
     base: str = field(default="tiny", metadata={"help": "'tiny' (built and cached) or a llava-hf id / folder"})
     base_options: dict = field(
         default_factory=dict,
-        metadata={"help": "tiny base only (see base_options.*); dropped when a later layer changes base"},
+        metadata={"help": "tiny base only (see base_options.*); a layer that changes base drops the earlier ones"},
     )
     methods: list[str] = field(
         default_factory=lambda: ["lora", "moelora", "branchlora"], metadata={"help": "methods to compare"}
@@ -183,12 +183,12 @@ def file_entries(data: dict) -> list[Entry]:
 
 
 def apply_layer(data: dict, entries: list[Entry]) -> None:
-    """Set every named key (null: remove it, so the default applies); drop options whose owner changes."""
-    named = {path[0] for path, _ in entries}
+    """Set every named key (null: remove it, so the default applies), after dropping the earlier layers'
+    options of a benchmark or base this layer changes."""
     for path, value in entries:
-        owned = OWNED.get(path[0]) if len(path) == 1 else None
-        if owned and owned not in named and value != data.get(path[0]):
-            data.pop(owned, None)
+        if path[0] in OWNED and len(path) == 1 and value != data.get(path[0]):
+            data.pop(OWNED[path[0]], None)
+    for path, value in entries:
         node = data
         for key in path[:-1]:
             if not isinstance(node.get(key), dict):
