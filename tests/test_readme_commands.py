@@ -26,12 +26,12 @@ HUB_ID = "llava-hf/llava-1.5-7b-hf"
 
 
 def readme_commands() -> list[str]:
-    """`branchlora ...` lines of bash blocks and inline code spans with at least one option; no placeholders."""
+    """`branchlora ...` in bash blocks and inline code, with an option and no placeholder (<name>, ...)."""
     found = []
     for block in re.findall(r"```bash\n(.*?)```", README, re.S):
         found += [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("branchlora ")]
     found += [" ".join(span.split()) for span in re.findall(r"`(branchlora [^`]+)`", README)]
-    return sorted({c for c in found if len(c.split()) > 2 and "<" not in c})
+    return sorted({c for c in found if len(c.split()) > 2 and "<" not in c and "..." not in c})
 
 
 def fake_benchmark(spec: dict, folder: Path, relocate=lambda p: p) -> Path:
@@ -94,15 +94,19 @@ def micro_sets(args: list[str]) -> list[str]:
     return sets
 
 
-def finished_quick_run(world: dict) -> Path:
-    """The README's smoke run, really trained (micro base, 2 steps a task), for predict and evaluate."""
+def quick_run(out: Path) -> list[str]:
+    """The README's smoke run at micro sizes (2 steps a task) into `out`."""
     command = "branchlora run --preset quick --methods lora,moelora,branchlora"
     assert command in readme_commands()
-    out = world["root"] / "runs" / "default"
     tiny_training = ["--set", "train={max_steps: 2, batch_size: 4}", "--set", "eval={batch_size: 8, max_new_tokens: 4}",
                      "--set", "adapter={r: 8, alpha: 16}"]  # fmt: skip
-    args = shlex.split(command)[1:] + micro_sets(shlex.split(command)) + tiny_training + ["--out", str(out)]
-    result = runner.invoke(app, args, env={"BRANCHLORA_CACHE": str(world["cache"])})
+    return shlex.split(command)[1:] + micro_sets(shlex.split(command)) + tiny_training + ["--out", str(out)]
+
+
+def finished_quick_run(world: dict) -> Path:
+    """The README's smoke run, really trained, for predict, evaluate and resume."""
+    out = world["root"] / "runs" / "default"
+    result = runner.invoke(app, quick_run(out), env={"BRANCHLORA_CACHE": str(world["cache"])})
     assert result.exit_code == 0, result.output
     return out
 
@@ -174,7 +178,14 @@ def test_checkpoints_record_the_run_and_a_changed_resume_is_refused(world):
     assert state["run"]["train"]["max_steps"] == 2 and state["run"]["tasks"] == state["tasks"]
     assert json.loads((world["run"] / "run-config.json").read_text())["orders"] == [state["tasks"]]
     assert not (world["run"] / ".lock").exists()  # released at the end
-    args = ["run", "--preset", "quick", "--methods", "lora,moelora,branchlora", "--out", str(world["run"]), "--resume",
-            *micro_sets([]), "--set", "train={max_steps: 3, batch_size: 4}"]  # fmt: skip
-    result = runner.invoke(app, args, env={"BRANCHLORA_CACHE": str(world["cache"])})
+    env = {"BRANCHLORA_CACHE": str(world["cache"])}
+    changed = [*quick_run(world["run"]), "--resume", "--set", "train={max_steps: 3, batch_size: 4}"]
+    result = runner.invoke(app, changed, env=env)
     assert result.exit_code == 2 and "train.max_steps: 2 -> 3" in " ".join(result.output.split()), result.output
+    result = runner.invoke(app, [*quick_run(world["run"]), "--dry-run"], env=env)
+    assert result.exit_code == 2 and "is not empty" in result.output  # a dry run checks --out as a run would
+    before = sorted(p.name for p in world["run"].iterdir())
+    result = runner.invoke(app, [*quick_run(world["run"]), "--overwrite", "--dry-run"], env=env)
+    assert result.exit_code == 0 and sorted(p.name for p in world["run"].iterdir()) == before
+    result = runner.invoke(app, [*quick_run(world["run"]), "--resume"], env=env)  # all done: nothing left to train
+    assert result.exit_code == 0, result.output

@@ -164,10 +164,14 @@ def plan_experiment(
     for name in names:
         n_train, n_test = len(bench.train_examples(name)), len(bench.test_examples(name, config.eval.limit or None))
         tasks.append({"task": name, "train": n_train, "test": n_test, "steps": config.train.steps(n_train)})
+    sizes = {t["task"]: t["train"] for t in tasks}
     methods = {}
     for name in config.methods:
         method = get_method(name)(config.adapter, config.method_options.get(name))
-        methods[name] = tunable_parameters(make_model(), method, orders[0][0])
+        steps = [config.train.steps(sum(sizes[t] for t in orders[0]))] if method.joint else [  # one pass on the union
+            config.train.steps(sizes[t]) for t in orders[0]
+        ]  # fmt: skip
+        methods[name] = {"tunable": tunable_parameters(make_model(), method, orders[0][0]), "steps": sum(steps)}
     plan = {"benchmark": bench.name, "base": config.base, "orders": orders, "tasks": tasks, "methods": methods,
             "out": config.out}  # fmt: skip
     print_plan(plan, config, console)
@@ -228,6 +232,7 @@ def print_plan(plan: dict, config: RunConfig, console: Console) -> None:
     console.print(table)
     for i, order in enumerate(plan["orders"]):
         console.print(f"order {i}: {' -> '.join(order)}", highlight=False)
-    for name, tunable in plan["methods"].items():
-        console.print(f"method {name}: {tunable:,} tunable parameters", highlight=False)
+    for name, method in plan["methods"].items():
+        console.print(f"method {name}: {method['tunable']:,} tunable parameters, {method['steps']} optimizer steps "
+                      "per seed and order", highlight=False)  # fmt: skip
     console.print(f"seeds {config.seeds}; a real run writes {plan['out']}/", highlight=False)
