@@ -22,10 +22,11 @@ from branchlora.adapters import AdapterConfig
 from branchlora.data.benchmark import BUILTIN
 from branchlora.data.minicoin import MiniCoinOptions
 from branchlora.evaluation.evaluate import EvalConfig
+from branchlora.methods import get_method
 from branchlora.models.pretrain import PretrainConfig
 from branchlora.models.tiny import TinyConfig
 from branchlora.train import TrainConfig
-from branchlora.typed import ConfigError, build, check_fields
+from branchlora.typed import ConfigError, build, check_fields, checked
 
 PRESETS = ("quick", "default")
 DEVICES = ("auto", "cpu", "cuda")
@@ -44,9 +45,8 @@ class BaseOptions:
     def __post_init__(self) -> None:
         check_fields(self, minimum=0)
         for f in fields(self):
-            if "of" in f.metadata:  # validated (and converted) now, kept as the mapping the user gave
-                built = build(f.metadata["of"], getattr(self, f.name), f.name)
-                setattr(self, f.name, {k: getattr(built, k) for k in getattr(self, f.name)})
+            if "of" in f.metadata:  # checked (and converted) now, kept as the mapping the user gave
+                setattr(self, f.name, checked(f.metadata["of"], getattr(self, f.name), f.name))
 
 
 @dataclass
@@ -109,27 +109,22 @@ def _owned_options(applies: bool, cls: type, options: dict, key: str, owner: str
             raise ConfigError(key, f"{sorted(options)} do not apply to {owner} (built-in benchmarks / the tiny "
                                    "base only); remove them or set them to {}")  # fmt: skip
         return {}
-    built = build(cls, options, key)
-    return {k: getattr(built, k) for k in options}
+    return checked(cls, options, key)
 
 
 def check_methods(config: RunConfig) -> None:
-    """Build every method's adapter and options, so a bad value fails before any work; keep them converted."""
-    from branchlora.methods import get_method  # the methods import the adapters, which import torch
-
+    """Check every method's adapter and options, so a bad value fails before any work; keep them converted."""
     unknown = sorted(set(config.method_options) - set(config.methods))
     if unknown:
         raise ConfigError("method_options", f"names {unknown}, which are not in methods {config.methods}")
     adapter, options = {}, {}
     for name in config.methods:
         method = get_method(name)
-        given = config.method_options.get(name) or {}
-        built = build(AdapterConfig, {**method.adapter_defaults, **config.adapter}, f"adapter (method {name})")
-        adapter = {k: getattr(built, k) for k in config.adapter}
-        built = build(method.Options, {**method.option_defaults, **given}, f"method_options.{name}")
-        options[name] = {k: getattr(built, k) for k in given}
-    config.adapter = adapter
-    config.method_options = {name: value for name, value in options.items() if name in config.method_options}
+        adapter = checked(AdapterConfig, config.adapter, f"adapter (method {name})", method.adapter_defaults)
+        given = config.method_options.get(name)
+        if given is not None:
+            options[name] = checked(method.Options, given, f"method_options.{name}", method.option_defaults)
+    config.adapter, config.method_options = adapter, options
 
 
 def read_yaml(path: Path) -> dict:

@@ -151,5 +151,11 @@ def build(cls: type, data: Any, section: str) -> Any:
         raise ConfigError(section, str(err)) from None
 
 
+def checked(cls: type, given: Any, section: str, defaults: dict | None = None) -> dict:
+    """The mapping `given`, checked against `cls` (over `defaults`) and converted: only the keys it gave."""
+    built = build(cls, {**(defaults or {}), **given} if isinstance(given, dict) else given, section)
+    return {key: getattr(built, key) for key in given}
+
+
 def _join(section: str, key: str) -> str:
     return f"{section}.{key}" if section else key

@@ -42,7 +42,9 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue after the last complete task checkpoint"),
     overwrite: bool = typer.Option(False, "--overwrite", help="clear the previous run in --out first"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check everything and print the plan; train nothing"),
-    overrides: list[str] = typer.Option([], "--set", help="override any config key: --set train.lr=1e-3"),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="replace any config key (README: Configuration reference): --set train.lr=1e-3; null: default"
+    ),
 ) -> None:
     """Train and evaluate methods on a task stream; writes results.json, report.md and plots/."""
     console = Console()
