@@ -6,7 +6,7 @@ import copy
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -172,7 +172,10 @@ def plan_experiment(
             config.train.steps(sizes[t]) for t in orders[0]
         ]  # fmt: skip
         methods[name] = {"tunable": tunable_parameters(make_model(), method, orders[0][0]), "steps": sum(steps)}
-    plan = {"benchmark": bench.name, "base": config.base, "orders": orders, "tasks": tasks, "methods": methods,
+    base = {"name": config.base, "parameters": sum(p.numel() for p in make_model().parameters())}
+    if config.base == "tiny":
+        base["sizes"] = asdict(TinyConfig(**config.base_options.get("tiny", {})))
+    plan = {"benchmark": bench.name, "base": base, "orders": orders, "tasks": tasks, "methods": methods,
             "out": config.out}  # fmt: skip
     print_plan(plan, config, console)
     return plan
@@ -224,12 +227,16 @@ def tunable_parameters(model: nn.Module, method, first_task: str) -> int:
 
 
 def print_plan(plan: dict, config: RunConfig, console: Console) -> None:
-    table = Table(title=f"dry run: {plan['benchmark']} on {plan['base']} (nothing trained, nothing written)")
+    base = plan["base"]
+    table = Table(title=f"dry run: {plan['benchmark']} on {base['name']} (nothing trained, nothing written)")
     for column in ("task", "train items", "test items", "steps per task"):
         table.add_column(column, justify="left" if column == "task" else "right")
     for task in plan["tasks"]:
         table.add_row(task["task"], str(task["train"]), str(task["test"]), str(task["steps"]))
     console.print(table)
+    sizes = ", ".join(f"{k} {v}" for k, v in base.get("sizes", {}).items())
+    console.print(f"base {base['name']}: {base['parameters']:,} parameters{f' ({sizes})' if sizes else ''}",
+                  highlight=False)  # fmt: skip
     for i, order in enumerate(plan["orders"]):
         console.print(f"order {i}: {' -> '.join(order)}", highlight=False)
     for name, method in plan["methods"].items():
