@@ -12,6 +12,7 @@ import difflib
 import math
 import types
 from dataclasses import fields, is_dataclass
+from functools import cache
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 
@@ -113,11 +114,16 @@ def _check_range(value: Any, meta: dict, key: str) -> None:
         raise ConfigError(key, f"must be <= {meta['max']}, got {value!r}")
 
 
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
 def check_fields(obj: Any, minimum: float | None = None) -> None:
     """Convert every field of the dataclass `obj` in place and check it against its metadata's rules.
 
     `minimum` is a default `min` for numeric fields without rules of their own (e.g. model sizes >= 1)."""
-    hints = get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in fields(obj):
         value = convert(getattr(obj, f.name), hints[f.name], f.name)
         meta = dict(f.metadata)
