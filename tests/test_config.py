@@ -22,6 +22,7 @@ def test_values_are_converted_from_their_yaml_form():
     assert cfg.train.max_steps == 7 and cfg.eval.oracle is True and cfg.seeds == [3]
     assert cfg.adapter == {"r": 32, "alpha": 100.0}
     assert load("orders=[gqa, textvqa]").orders == [["gqa", "textvqa"]]  # one order given flat
+    assert load("seeds=0,1,2").seeds == [0, 1, 2] and load("orders=gqa,textvqa").orders == [["gqa", "textvqa"]]
 
 
 def test_a_yaml_file_with_exponent_floats_loads(tmp_path):

@@ -1,8 +1,9 @@
 """The one converter of configuration values: YAML / command-line forms to typed, range-checked fields.
 
 Every configuration dataclass calls `check_fields(self)` in `__post_init__`; a field's type hint says what
-a value becomes ("1e-3" -> 0.001 for a float, "abc" refused for an int, 3 -> [3] for a list) and its
-metadata says which values are allowed: `min` (inclusive), `above` (exclusive), `max`, `choices`.
+a value becomes ("1e-3" -> 0.001 for a float, "abc" refused for an int, 3 -> [3] and "0,1" -> [0, 1] for
+a list) and its metadata says which values are allowed: `min` (inclusive), `above` (exclusive), `max`,
+`choices`.
 A refused value raises ConfigError naming the key and the value, in one line.
 """
 
@@ -79,7 +80,8 @@ def _scalar(value: Any, hint: type, key: str) -> Any:
 
 
 def convert(value: Any, hint: Any, key: str) -> Any:
-    """`value` as the type `hint` says; a scalar given for a list becomes a one-item list."""
+    """`value` as the type `hint` says; for a list, a scalar becomes a one-item list and a string with
+    commas its items."""
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         arms = get_args(hint)
@@ -90,6 +92,8 @@ def convert(value: Any, hint: Any, key: str) -> Any:
         (item,) = get_args(hint)
         if get_origin(item) is list and isinstance(value, list) and value and not isinstance(value[0], list):
             value = [value]  # orders: [a, b] is one order
+        if isinstance(value, str) and get_origin(item) is not list:
+            value = [v.strip() for v in value.split(",")]  # --set seeds=0,1,2 (YAML reads a string)
         items = value if isinstance(value, (list, tuple)) else [value]
         return [convert(v, item, f"{key}[{i}]") for i, v in enumerate(items)]
     if origin is dict:
