@@ -167,3 +167,16 @@ def test_resume_with_another_lr_is_refused_listing_what_differs(cache, tmp_path)
 
 def earlier_order() -> list[str]:
     return ["scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa"]
+
+
+def test_dry_run_opens_every_image(cache, tmp_path):
+    (tmp_path / "broken.png").write_text("not an image")
+    item = {"image": "broken.png", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
+    (tmp_path / "train.json").write_text(json.dumps([item]))
+    test = {"question_id": 0, "image": "broken.png", "text": "Q?", "answer": "A"}
+    (tmp_path / "test.json").write_text(json.dumps([test]))
+    (tmp_path / "b.yaml").write_text(
+        "name: b\nimage_root: .\ntasks:\n  - {name: t, train: train.json, test: test.json, metric: exact_match}\n"
+    )
+    refused(["--benchmark", str(tmp_path / "b.yaml"), "--dry-run", "--out", str(tmp_path / "o")], cache,
+            str(tmp_path / "broken.png"), "cannot read image")  # fmt: skip
