@@ -51,8 +51,7 @@ def use_cpu(config: RunConfig, console: Console) -> bool:
     """Whether to run on the CPU; a device or precision that cannot be honoured fails or is said aloud."""
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
-        raise ValueError("device=cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False): "
-                         "use --device cpu or --device auto")  # fmt: skip
+        raise ValueError("device=cuda, but torch sees no CUDA GPU: use --device cpu or auto")
     cpu = config.device == "cpu" or not cuda
     if cpu and config.train.mixed_precision == "bf16":
         console.print("note: train.mixed_precision=bf16 on the CPU runs torch's CPU autocast in bfloat16 "
