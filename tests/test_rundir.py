@@ -10,8 +10,8 @@ from branchlora.rundir import LOCK, MARKER, check_out, claimed
 
 
 def test_overwrite_clears_the_previous_run_and_the_lock_is_released(tmp_path):
-    (tmp_path / "lora" / "task-00").mkdir(parents=True)
-    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "lora" / "task-00").mkdir(parents=True)  # a killed run: a checkpoint, no results yet
+    (tmp_path / "notes.txt").write_text("")
     check_out(tmp_path, resume=False, overwrite=True)
     with claimed(tmp_path, overwrite=True, config={"lr": 1}):
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK, MARKER])

@@ -43,9 +43,14 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         shown = ", ".join(contents[:4]) + (", ..." if len(contents) > 4 else "")
         raise ValueError(f"--out {out} is not empty ({shown}): pass --resume to continue the run there, "
                          "--overwrite to replace it, or choose another folder")  # fmt: skip
-    if contents and overwrite and not (out / MARKER).exists() and not (out / "results.json").exists():
+    if contents and overwrite and not holds_run(out):
         raise ValueError(f"--out {out} is not empty and holds no branchlora run: --overwrite clears only a run's "
                          "folder; choose an empty or new folder")  # fmt: skip
+
+
+def holds_run(out: Path) -> bool:
+    """Whether `out` is a run's folder: its config record, its results, or a method's task checkpoint."""
+    return (out / MARKER).exists() or (out / "results.json").exists() or any(out.glob("*/task-[0-9][0-9]"))
 
 
 def holder(out: Path) -> str | None:
