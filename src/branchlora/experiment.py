@@ -159,18 +159,15 @@ def plan_experiment(
         for example in bench.train_examples(name) + bench.test_examples(name):
             open_image(example.image)
     make_model = meta_model_factory(config)
-    tasks = []
-    for name in names:
-        n_train, n_test = len(bench.train_examples(name)), len(bench.test_examples(name, config.eval.limit or None))
-        tasks.append({"task": name, "train": n_train, "test": n_test, "steps": config.train.steps(n_train)})
-    sizes = {t["task"]: t["train"] for t in tasks}
+    limit = config.eval.limit or None
+    tasks = [{"task": name, "train": len(bench.train_examples(name)), "test": len(bench.test_examples(name, limit)),
+              "steps": config.train.steps(len(bench.train_examples(name)))} for name in names]  # fmt: skip
+    sizes = [len(bench.train_examples(name)) for name in orders[0]]
     methods = {}
     for name in config.methods:
         method = get_method(name)(config.adapter, config.method_options.get(name))
-        steps = [config.train.steps(sum(sizes[t] for t in orders[0]))] if method.joint else [  # one pass on the union
-            config.train.steps(sizes[t]) for t in orders[0]
-        ]  # fmt: skip
-        methods[name] = {"tunable": tunable_parameters(make_model(), method, orders[0][0]), "steps": sum(steps)}
+        steps = config.train.steps(sum(sizes)) if method.joint else sum(map(config.train.steps, sizes))
+        methods[name] = {"tunable": tunable_parameters(make_model(), method, orders[0][0]), "steps": steps}
     base = {"name": config.base, "parameters": sum(p.numel() for p in make_model().parameters())}
     if config.base == "tiny":
         base["sizes"] = asdict(TinyConfig(**config.base_options.get("tiny", {})))
