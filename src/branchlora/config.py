@@ -1,8 +1,12 @@
-"""The experiment configuration: dataclasses with defaults and help written once.
+"""The experiment configuration: dataclasses with defaults, help and allowed values written once.
 
-A run is a YAML file (a preset under branchlora/configs/, or the user's), every key of which can be
-overridden on the command line with `--set section.key=value`.  Unknown keys are errors that list the
-valid ones, so a typo never silently falls back to a default.
+A run is layered: a preset under branchlora/configs/, then the user's YAML file, then the command line
+(`--set section.key=value` and the flags).  Each layer *replaces* every key it names: a YAML file names
+its top-level keys and the keys inside `train:` and `eval:`; `--set a.b=v` names a.b; `null` restores
+the default.  Options belong to what they configure: a layer that changes `benchmark` (or `base`)
+drops the earlier layers' `benchmark_options` (or `base_options`), so the preset's minicoin sizes never
+reach the user's own benchmark.  Every value is converted and checked
+at load (branchlora/typed.py); a bad one fails at once with one line naming the key and the value.
 """
 
 from __future__ import annotations
@@ -14,10 +18,35 @@ from typing import Any
 
 import yaml
 
+from branchlora.adapters import AdapterConfig
+from branchlora.data.benchmark import BUILTIN
+from branchlora.data.minicoin import MiniCoinOptions
 from branchlora.evaluation.evaluate import EvalConfig
+from branchlora.methods import get_method
+from branchlora.models.pretrain import PretrainConfig
+from branchlora.models.tiny import TinyConfig
 from branchlora.train import TrainConfig
+from branchlora.typed import ConfigError, build, check_fields, checked
 
 PRESETS = ("quick", "default")
+DEVICES = ("auto", "cpu", "cuda")
+SECTIONS = ("train", "eval")  # a YAML file's mapping for these is merged key by key
+OWNED = {"benchmark": "benchmark_options", "base": "base_options"}  # options dropped when their owner changes
+
+
+@dataclass
+class BaseOptions:
+    """Options of the tiny base (`base: tiny`): its seed, sizes and pre-training recipe."""
+
+    seed: int = field(default=0, metadata={"help": "seed of the tokenizer, the initialisation and pre-training"})
+    tiny: dict = field(default_factory=dict, metadata={"help": "sizes (TinyConfig)", "of": TinyConfig})
+    pretraining: dict = field(default_factory=dict, metadata={"help": "recipe (PretrainConfig)", "of": PretrainConfig})
+
+    def __post_init__(self) -> None:
+        check_fields(self, minimum=0)
+        for f in fields(self):
+            if "of" in f.metadata:  # checked (and converted) now, kept as the mapping the user gave
+                setattr(self, f.name, checked(f.metadata["of"], getattr(self, f.name), f.name))
 
 
 @dataclass
@@ -26,11 +55,14 @@ class RunConfig:
 
     benchmark: str = field(default="minicoin", metadata={"help": "built-in benchmark name or a YAML file"})
     benchmark_options: dict = field(
-        default_factory=dict, metadata={"help": "options of a built-in benchmark (minicoin: train_size, ...)"}
-    )
+        default_factory=dict,
+        metadata={"help": "options of the built-in benchmark (see benchmark_options.*); a layer that changes "
+                          "benchmark drops the earlier ones; none allowed for a YAML benchmark"},
+    )  # fmt: skip
     base: str = field(default="tiny", metadata={"help": "'tiny' (built and cached) or a llava-hf id / folder"})
     base_options: dict = field(
-        default_factory=dict, metadata={"help": "tiny base only: {seed, tiny: {sizes}, pretraining: {steps, ...}}"}
+        default_factory=dict,
+        metadata={"help": "tiny base only (see base_options.*); a layer that changes base drops the earlier ones"},
     )
     methods: list[str] = field(
         default_factory=lambda: ["lora", "moelora", "branchlora"], metadata={"help": "methods to compare"}
@@ -41,50 +73,73 @@ class RunConfig:
     )
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training (see train.*)"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation (see eval.*)"})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "repeat the run for each seed"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "repeat the run for each seed", "min": 0})
     orders: list[list[str]] = field(
         default_factory=list, metadata={"help": "task orders to run (empty: the benchmark's order)"}
     )
     out: str = field(default="runs/latest", metadata={"help": "output folder"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": DEVICES})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        _no_repeats(self.methods, "methods")
+        _no_repeats(self.seeds, "seeds")
+        for i, order in enumerate(self.orders):
+            _no_repeats(order, f"orders[{i}]")
+        for key, value in (("methods", self.methods), ("seeds", self.seeds), *(("orders", o) for o in self.orders)):
+            if not value:
+                raise ConfigError(key, f"expected at least one entry, got {value}")
+        self.benchmark_options = _owned_options(self.benchmark in BUILTIN, MiniCoinOptions, self.benchmark_options,
+                                                "benchmark_options", f"benchmark {self.benchmark!r}")  # fmt: skip
+        self.base_options = _owned_options(self.base == "tiny", BaseOptions, self.base_options, "base_options",
+                                           f"base {self.base!r}")  # fmt: skip
+        check_methods(self)
 
 
-def _build(cls: type, data: dict, where: str) -> Any:
-    """A dataclass from a dict, nested dataclasses included; unknown keys name the valid ones."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
+def _no_repeats(values: list, key: str) -> None:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ConfigError(key, f"{', '.join(repeated)} given more than once in {values}")
+
+
+def _owned_options(applies: bool, cls: type, options: dict, key: str, owner: str) -> dict:
+    """Options checked against the dataclass of what they configure, or refused where they do not apply."""
+    if not applies:
+        if options:
+            raise ConfigError(key, f"{sorted(options)} do not apply to {owner} (built-in benchmarks / the tiny "
+                                   "base only); remove them or set them to {}")  # fmt: skip
+        return {}
+    return checked(cls, options, key)
+
+
+def check_methods(config: RunConfig) -> None:
+    """Check every method's adapter and options, so a bad value fails before any work; keep them converted."""
+    unknown = sorted(set(config.method_options) - set(config.methods))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-    values = {}
-    for name, value in data.items():
-        sub = known[name].default_factory if known[name].default_factory is not MISSING else None
-        if sub is not None and is_dataclass(sub):
-            value = _build(sub, value or {}, f"{where}.{name}")
-        values[name] = value
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {err}") from None
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = (
-            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
-    return merged
+        raise ConfigError("method_options", f"names {unknown}, which are not in methods {config.methods}")
+    adapter, options = {}, {}
+    for name in config.methods:
+        method = get_method(name)
+        adapter = checked(AdapterConfig, config.adapter, f"adapter (method {name})", method.adapter_defaults)
+        given = config.method_options.get(name)
+        if given is not None:
+            options[name] = checked(method.Options, given, f"method_options.{name}", method.option_defaults)
+    config.adapter, config.method_options = adapter, options
 
 
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a folder") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text (YAML) file") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from None
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config is a mapping of keys, got {type(data).__name__}")
     return data
@@ -96,29 +151,61 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("branchlora") / "configs" / f"{name}.yaml"))
 
 
-def parse_override(text: str) -> dict:
-    """'train.lr=1e-3' -> {"train": {"lr": 0.001}}; the value is read as YAML."""
+Entry = tuple[tuple[str, ...], Any]  # a key path a layer names, and the value it gives
+
+
+def parse_override(text: str) -> Entry:
+    """'train.lr=1e-3' -> (("train", "lr"), 0.001): the value is read as YAML (null: the default)."""
     key, sep, raw = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip() or "" in key.split("."):
         raise ValueError(f"--set {text!r}: expected section.key=value")
-    value: Any = yaml.safe_load(raw)
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ValueError(f"--set {text!r}: the value is not valid YAML") from None
+    return tuple(key.strip().split(".")), value
+
+
+def file_entries(data: dict) -> list[Entry]:
+    """The keys a YAML file names: its top-level keys, and each key inside the train / eval sections."""
+    entries: list[Entry] = []
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            entries += [((key, sub), v) for sub, v in value.items()]
+        else:
+            entries.append(((key,), value))
+    return entries
+
+
+def apply_layer(data: dict, entries: list[Entry]) -> None:
+    """Set every named key (null: remove it, so the default applies), after dropping the earlier layers'
+    options of a benchmark or base this layer changes."""
+    for path, value in entries:
+        if path[0] in OWNED and len(path) == 1 and value != data.get(path[0]):
+            data.pop(OWNED[path[0]], None)
+    for path, value in entries:
+        node = data
+        for key in path[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        if value is None:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = value
 
 
 def load_config(
-    preset: str | None = "default", path: str | Path | None = None, overrides: list[dict] = ()
+    preset: str | None = "default", path: str | Path | None = None, overrides: list[Entry] = ()
 ) -> RunConfig:
-    """The preset, then the user's file, then each override, merged in that order and validated."""
+    """The preset, then the user's file, then the command line's entries, each replacing what it names."""
     data: dict = {}
     if preset:
-        data = read_yaml(preset_path(preset))
+        apply_layer(data, file_entries(read_yaml(preset_path(preset))))
     if path:
-        data = _merge(data, read_yaml(Path(path)))
-    for override in overrides:
-        data = _merge(data, override)
-    return _build(RunConfig, data, str(path or f"preset {preset}"))
+        apply_layer(data, file_entries(read_yaml(Path(path))))
+    apply_layer(data, list(overrides))
+    return build(RunConfig, data, "")
 
 
 def to_dict(config: RunConfig) -> dict:
@@ -134,18 +221,29 @@ def _rows(prefix: str, cls: type, skip: tuple[str, ...] = ()) -> list[str]:
         if is_dataclass(default):
             rows += _rows(f"{prefix}{f.name}.", type(default))
             continue
-        rows.append(f"| `{prefix}{f.name}` | `{default}` | {f.metadata.get('help', '')} |")
+        if "of" in f.metadata:  # a mapping checked against a dataclass: list that dataclass's keys
+            rows += _rows(f"{prefix}{f.name}.", f.metadata["of"])
+            continue
+        meaning = f.metadata.get("help") or f"see `{cls.__name__}`"
+        rows.append(f"| `{prefix}{f.name}` | `{default}` | {meaning}{_rules(f.metadata)} |")
     return rows
 
 
+def _rules(meta: dict) -> str:
+    """The allowed values, as the reference shows them after the help."""
+    rules = [f"{sign} {meta[key]}" for key, sign in (("min", ">="), ("above", ">"), ("max", "<=")) if key in meta]
+    return f" ({', '.join(rules)})" if rules else ""
+
+
 def reference() -> str:
-    """The configuration reference (markdown), generated from the dataclasses' help: the run, the adapter
-    (`adapter.*`, defaults of the branchlora method) and each method's own options."""
-    from branchlora.adapters import AdapterConfig
+    """The configuration reference (markdown), generated from the dataclasses' help: the run, the built-in
+    benchmark's and the tiny base's options, the adapter (`adapter.*`, defaults of the branchlora method)
+    and each method's own options."""
     from branchlora.methods import METHODS, MethodOptions
 
-    lines = ["| key | default | meaning |", "|---|---|---|", *_rows("", RunConfig), *_rows("adapter.", AdapterConfig)]
-    lines += _rows("method_options.<any>.", MethodOptions)
+    lines = ["| key | default | meaning |", "|---|---|---|", *_rows("", RunConfig)]
+    lines += _rows("benchmark_options.", MiniCoinOptions) + _rows("base_options.", BaseOptions)
+    lines += _rows("adapter.", AdapterConfig) + _rows("method_options.<any>.", MethodOptions)
     base = tuple(f.name for f in fields(MethodOptions))
     seen: set[type] = set()
     for name, method in sorted(METHODS.items()):

@@ -10,9 +10,10 @@ Each task reseeds from the run's seed, so a resumed run ends with the same matri
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -165,7 +166,8 @@ def save_checkpoint(
 ) -> Path:
     """DIR/task-XX/: adapters, projector, method state and the matrix, renamed into place when complete.
 
-    `info` is what a later `predict` needs to rebuild the model (the base's name, the task names)."""
+    `info` is what a later `predict` needs to rebuild the model (the base's name, the task names) and,
+    from an experiment, the full config and the run's identity (see `require_same_run`)."""
     final = out_dir / f"task-{index:02d}"
     tmp = out_dir / f".tmp-task-{index:02d}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -184,6 +186,7 @@ def save_checkpoint(
     return final
 
 
+<<<<<<< HEAD
 def read_state(folder: Path) -> dict:
     """DIR/state.json, checked for what loading needs: the method, its adapter and options, the task index."""
     path = folder / "state.json"
@@ -191,6 +194,32 @@ def read_state(folder: Path) -> dict:
     for key, kind in (("method", str), ("task_index", int), ("adapter", dict), ("options", dict)):
         require(state, key, kind, path)
     return state
+=======
+def require_same_run(out_dir: Path, expected: dict) -> None:
+    """Refuse to resume from checkpoints of another run: `expected` is the identity `info["run"]` held
+    (settings that change results, the seed and the task order); the message lists every difference."""
+    last = latest_checkpoint(out_dir)
+    if last is None:
+        return
+    stored = read_json(last / "state.json").get("run")
+    if stored is None:
+        raise ValueError(f"{last / 'state.json'} records no run settings (an older version wrote it), so --resume "
+                         "cannot check it matches; use --overwrite to start over")  # fmt: skip
+    old, new = dict(_flat(stored)), dict(_flat(json.loads(json.dumps(expected))))  # tuples as lists, as stored
+    keys = sorted(old.keys() | new.keys())
+    differs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    if differs:
+        raise ValueError(f"--resume: {out_dir} holds a run with other settings ({'; '.join(differs)}); "
+                         "use the same settings, --overwrite, or another --out")  # fmt: skip
+
+
+def _flat(tree: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+>>>>>>> h1
 
 
 def load_checkpoint(folder: Path, model: nn.Module, method: Method, result: MethodResult | None = None) -> int:

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import copy
+import os
 import platform
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.table import Table
+from torch import nn
 
 from branchlora import __version__
 from branchlora.config import RunConfig, to_dict
-from branchlora.continual import StreamData, run_method
-from branchlora.data.benchmark import Benchmark, load_benchmark
+from branchlora.continual import StreamData, require_same_run, run_method
+from branchlora.data.benchmark import Benchmark, load_benchmark, open_image
 from branchlora.data.collate import Collator
-from branchlora.methods import get_method
+from branchlora.methods import Task, get_method
 from branchlora.models.loading import base_info, load_base_from
+from branchlora.models.tiny import TinyConfig, build_model
 from branchlora.progress import RunDisplay
 from branchlora.report import write_outputs
+from branchlora.rundir import check_out, claimed, is_main_process
 from branchlora.train import make_accelerator
 
 
@@ -41,45 +47,91 @@ def versions() -> dict[str, str]:
             "accelerate": accelerate.__version__, "python": platform.python_version()}  # fmt: skip
 
 
-def check_methods(config: RunConfig) -> None:
-    """Fail before any training on an unknown method or a bad option of any method."""
-    for name in config.methods:
-        get_method(name)(config.adapter, config.method_options.get(name))
-    unknown = sorted(set(config.method_options) - set(config.methods))
-    if unknown:
-        raise ValueError(f"method_options names {unknown}, which are not in methods {config.methods}")
+def use_cpu(config: RunConfig, console: Console) -> bool:
+    """Whether to run on the CPU; a device or precision that cannot be honoured fails or is said aloud."""
+    cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        raise ValueError("device=cuda, but torch sees no CUDA GPU: use --device cpu or auto")
+    cpu = config.device == "cpu" or not cuda
+    if cpu and config.train.mixed_precision == "bf16":
+        console.print("note: train.mixed_precision=bf16 on the CPU runs torch's CPU autocast in bfloat16 "
+                      "(slower than fp32 on most CPUs; set it to no for fp32)", highlight=False)  # fmt: skip
+    return cpu
 
 
-def run_experiment(config: RunConfig, *, resume: bool = False, console: Console | None = None) -> dict:
-    """Train and evaluate every method; write results.json, report.md and plots/ under config.out."""
-    console = console or Console()
-    check_methods(config)
-    bench = load_benchmark(config.benchmark, **config.benchmark_options)
+def task_orders(config: RunConfig, bench: Benchmark) -> list[list[str]]:
+    """The orders to run; an unknown task name fails here, naming the benchmark's tasks."""
     orders = config.orders or [bench.task_names]
     for order in orders:
         for name in order:
-            bench.task(name)  # an unknown task name fails here, naming the valid ones
+            bench.task(name)
+    return orders
+
+
+def run_identity(config: dict, method: str, seed: int, order: list[str]) -> dict:
+    """Everything that changes a method's results in one (seed, order) run: what a resumed checkpoint must match."""
+    keys = ("benchmark", "benchmark_options", "base", "base_options", "adapter", "eval")
+    options = config["method_options"].get(method, {})
+    return {**{k: config[k] for k in keys}, "method": method, "method_options": options,
+            "train": {**config["train"], "seed": seed}, "tasks": list(order)}  # fmt: skip
+
+
+def run_folder(out: Path, config: RunConfig, order_index: int, seed: int) -> Path:
+    return out if (order_index, seed) == (0, config.seeds[0]) else out / f"order{order_index}-seed{seed}"
+
+
+def check_resumable(config: RunConfig, orders: list[list[str]]) -> None:
+    """Refuse, before any training, checkpoints in --out written with other settings, listing what differs."""
+    settings = to_dict(config)
+    for order_index, order in enumerate(orders):
+        for seed in config.seeds:
+            for name in config.methods:
+                folder = run_folder(Path(config.out), config, order_index, seed) / name
+                require_same_run(folder, run_identity(settings, name, seed, order))
+
+
+def run_experiment(
+    config: RunConfig, *, resume: bool = False, overwrite: bool = False, console: Console | None = None
+) -> dict:
+    """Train and evaluate every method; write results.json, report.md and plots/ under config.out."""
+    console = console or Console()
+    cpu, main = use_cpu(config, console), is_main_process()
+    if main:  # the other processes of a distributed run find the folder already claimed by this one
+        check_out(Path(config.out), resume=resume, overwrite=overwrite)
+    bench = load_benchmark(config.benchmark, **config.benchmark_options)
+    orders = task_orders(config, bench)
+    if resume:
+        check_resumable(config, orders)
+    if not main:
+        return _run(config, bench, orders, cpu, resume, console)
+    with claimed(Path(config.out), overwrite=overwrite, config={**to_dict(config), "orders": orders}):
+        return _run(config, bench, orders, cpu, resume, console)
+
+
+def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool, resume: bool, console) -> dict:
     base, processor = load_base_from(config.base, config.base_options)
     info = base_info(base)
     collator = Collator(processor)
-    cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     accelerator = make_accelerator(config.train, cpu=cpu)
-    out = Path(config.out)
+    out, settings = Path(config.out), to_dict(config)
     runs = []
     with RunDisplay(console, len(config.methods) * len(config.seeds) * len(orders)) as display:
         for order_index, order in enumerate(orders):
             data = stream(bench, order, collator)
             for seed in config.seeds:
-                folder = out if (order_index, seed) == (0, config.seeds[0]) else out / f"order{order_index}-seed{seed}"
+                folder = run_folder(out, config, order_index, seed)
                 results = {}
                 for name in config.methods:
                     method = get_method(name)(config.adapter, config.method_options.get(name))
                     model = copy.deepcopy(base) if config.base == "tiny" else load_base_from(config.base)[0]
                     display.start(name, seed, order_index, len(order))
+                    identity = run_identity(settings, name, seed, order)
+                    checkpoint_info = {"base": config.base, "base_options": config.base_options, "tasks": order,
+                                       "run": identity, "config": settings}  # fmt: skip
                     result = run_method(
                         method, model, data, replace(config.train, seed=seed), config.eval, folder / name,
                         resume=resume, accelerator=accelerator, on_step=display.on_step,
-                        checkpoint_info={"base": config.base, "base_options": config.base_options, "tasks": order},
+                        checkpoint_info=checkpoint_info,
                     )  # fmt: skip
                     results[name] = result.to_json(len(order))
                     display.done(name, results[name])
@@ -87,4 +139,103 @@ def run_experiment(config: RunConfig, *, resume: bool = False, console: Console 
                 runs.append({"seed": seed, "order": order, "methods": results})
     base_summary = {"name": info["name"], "pretrain_seconds": info.get("pretrain_seconds", 0.0),
                     "caption_loss": info.get("caption_loss")}  # fmt: skip
-    return write_outputs(out, bench.name, runs, base_summary, to_dict(config), versions())
+    return write_outputs(out, bench.name, runs, base_summary, settings, versions())
+
+
+def plan_experiment(
+    config: RunConfig, *, resume: bool = False, overwrite: bool = False, console: Console | None = None
+) -> dict:
+    """`--dry-run`: every check a run makes before training (config, --out, benchmark files, every image,
+    the model's config, each method on a weightless model), then the plan; trains and writes nothing."""
+    console = console or Console()
+    use_cpu(config, console)
+    check_out(Path(config.out), resume=resume, overwrite=overwrite)
+    bench = load_benchmark(config.benchmark, **config.benchmark_options)
+    orders = task_orders(config, bench)
+    if resume:
+        check_resumable(config, orders)
+    names = list(dict.fromkeys(name for order in orders for name in order))
+    for name in names:
+        for example in bench.train_examples(name) + bench.test_examples(name):
+            open_image(example.image)
+    make_model = meta_model_factory(config)
+    limit = config.eval.limit or None
+    tasks = [{"task": name, "train": len(bench.train_examples(name)), "test": len(bench.test_examples(name, limit)),
+              "steps": config.train.steps(len(bench.train_examples(name)))} for name in names]  # fmt: skip
+    sizes = [len(bench.train_examples(name)) for name in orders[0]]
+    methods = {}
+    for name in config.methods:
+        method = get_method(name)(config.adapter, config.method_options.get(name))
+        steps = config.train.steps(sum(sizes)) if method.joint else sum(map(config.train.steps, sizes))
+        methods[name] = {"tunable": tunable_parameters(make_model(), method, orders[0][0]), "steps": steps}
+    base = {"name": config.base, "parameters": sum(p.numel() for p in make_model().parameters())}
+    if config.base == "tiny":
+        base["sizes"] = asdict(TinyConfig(**config.base_options.get("tiny", {})))
+    plan = {"benchmark": bench.name, "base": base, "orders": orders, "tasks": tasks, "methods": methods,
+            "out": config.out}  # fmt: skip
+    print_plan(plan, config, console)
+    return plan
+
+
+class _Vocab:
+    """What the tiny base's builder reads from a tokenizer: enough for a weightless model's shapes."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return 3
+
+
+def meta_model_factory(config: RunConfig) -> Callable[[], nn.Module]:
+    """A builder of the base on the meta device: the tiny base from its sizes, any other from its config
+    alone (AutoConfig: no weights are read; a hub id must be in the local cache when offline)."""
+    if config.base == "tiny":
+        tiny = TinyConfig(**config.base_options.get("tiny", {}))
+        return lambda: _on_meta(lambda: build_model(tiny, _Vocab(tiny.vocab_size)))
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    try:
+        model_config = AutoConfig.from_pretrained(config.base)
+    except (OSError, ValueError) as err:
+        offline = " (HF_HUB_OFFLINE is set: the hub is not consulted)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise ValueError(f"base {config.base!r}: its config is not available: not a local folder with a "
+                         f"config.json, nor a model in the local Hugging Face cache{offline} ({type(err).__name__})"
+                         ) from None  # fmt: skip
+    return lambda: _on_meta(lambda: AutoModelForImageTextToText.from_config(model_config))
+
+
+def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    with torch.device("meta"):
+        return build()
+
+
+def tunable_parameters(model: nn.Module, method, first_task: str) -> int:
+    """What `method` trains on its first task, set up exactly as training sets it up."""
+    method.setup(model)
+    method.on_task_start(model, Task(0, first_task))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def print_plan(plan: dict, config: RunConfig, console: Console) -> None:
+    base = plan["base"]
+    table = Table(title=f"dry run: {plan['benchmark']} on {base['name']} (nothing trained, nothing written)")
+    for column in ("task", "train items", "test items", "steps per task"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task in plan["tasks"]:
+        table.add_row(task["task"], str(task["train"]), str(task["test"]), str(task["steps"]))
+    console.print(table)
+    sizes = ", ".join(f"{k} {v}" for k, v in base.get("sizes", {}).items())
+    console.print(f"base {base['name']}: {base['parameters']:,} parameters{f' ({sizes})' if sizes else ''}",
+                  highlight=False)  # fmt: skip
+    for i, order in enumerate(plan["orders"]):
+        console.print(f"order {i}: {' -> '.join(order)}", highlight=False)
+    for name, method in plan["methods"].items():
+        console.print(f"method {name}: {method['tunable']:,} tunable parameters, {method['steps']} optimizer steps "
+                      "per seed and order", highlight=False)  # fmt: skip
+    console.print(f"seeds {config.seeds}; a real run writes {plan['out']}/", highlight=False)

@@ -23,7 +23,9 @@ from branchlora.adapters import adapter_layers, routing_context
 from branchlora.batch import model_inputs
 from branchlora.methods.base import Method, StepContext, Task
 from branchlora.models.parts import projector
+from branchlora.typed import check_fields
 
+PRECISIONS = ("no", "bf16")
 LOSS_EVERY = 10  # optimizer steps between reads of the losses on the host
 
 
@@ -31,17 +33,27 @@ LOSS_EVERY = 10  # optimizer steps between reads of the losses on the host
 class TrainConfig:
     """How each task is trained (the CoIN recipe's defaults where they fit a tiny model)."""
 
-    epochs: float = field(default=1.0, metadata={"help": "passes over each task's training data"})
-    max_steps: int = field(default=0, metadata={"help": "optimizer steps per task (0: from epochs)"})
-    batch_size: int = field(default=8, metadata={"help": "samples per forward, per process"})
-    grad_accum: int = field(default=1, metadata={"help": "forwards per optimizer step"})
-    lr: float = field(default=2e-4, metadata={"help": "learning rate of the adapters"})
-    projector_lr: float = field(default=2e-5, metadata={"help": "learning rate of the projector"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "share of steps for linear warmup"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
-    mixed_precision: str = field(default="no", metadata={"help": "no or bf16 (GPU)"})
-    seed: int = field(default=0, metadata={"help": "seed; each task reseeds from it, so resume is exact"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over each task's training data", "above": 0})
+    max_steps: int = field(default=0, metadata={"help": "optimizer steps per task (0: from epochs)", "min": 0})
+    batch_size: int = field(default=8, metadata={"help": "samples per forward, per process", "min": 1})
+    grad_accum: int = field(default=1, metadata={"help": "forwards per optimizer step", "min": 1})
+    lr: float = field(default=2e-4, metadata={"help": "learning rate of the adapters", "above": 0})
+    projector_lr: float = field(default=2e-5, metadata={"help": "learning rate of the projector", "min": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "share of steps for linear warmup", "min": 0, "max": 1})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)", "min": 0})
+    mixed_precision: str = field(
+        default="no", metadata={"help": "no, or bf16 (GPU; on CPU: torch's bf16 autocast)", "choices": PRECISIONS}
+    )
+    seed: int = field(default=0, metadata={"help": "seed; each task reseeds from it, so resume is exact", "min": 0})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def steps(self, n_examples: int) -> int:
+        """Optimizer steps of a task with `n_examples` training items (max_steps, or from epochs)."""
+        batches = math.ceil(n_examples / self.batch_size)
+        return self.max_steps or max(1, math.ceil(self.epochs * batches / self.grad_accum))
 
 
 def forward(model: nn.Module, batch: dict[str, torch.Tensor], task_ids: Any, accelerator: Accelerator) -> Any:
@@ -113,7 +125,7 @@ def train_task(
     tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # what this task trains
     generator = torch.Generator().manual_seed(config.seed * 1000 + task.index)
     loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
-    updates = config.max_steps or max(1, math.ceil(config.epochs * len(loader) / config.grad_accum))
+    updates = config.steps(len(examples))
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
     if accelerator.distributed_type == DistributedType.NO:  # one process: the model needs no wrapper

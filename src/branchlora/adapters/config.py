@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from branchlora.typed import check_fields
+
 KINDS = ("lora", "moelora", "branchlora", "hydralora", "proglora", "lilora")
 ROUTING_INPUTS = ("first", "mean", "token")
 INITS = ("gaussian", "kaiming")
@@ -34,6 +36,7 @@ class AdapterConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.kind not in KINDS:
             raise ValueError(f"unknown adapter kind {self.kind!r}; valid kinds: {', '.join(KINDS)}")
         if self.r < 1:

@@ -33,27 +33,34 @@ def run(
     preset: str = typer.Option("default", help="quick (a smoke run) or default (what `make run` runs)"),
     methods: str = typer.Option(None, help="comma-separated methods, e.g. lora,moelora,branchlora"),
     benchmark: str = typer.Option(None, help="a built-in benchmark name (minicoin) or a benchmark YAML file"),
+    base: str = typer.Option(None, help="tiny, a Hugging Face id (llava-hf/llava-1.5-7b-hf) or a model folder"),
     out: str = typer.Option(None, help="output folder (results.json, report.md, plots/, checkpoints)"),
     seed: int = typer.Option(None, help="one seed"),
     seeds: str = typer.Option(None, help="several seeds, e.g. 0,1,2: the report gives mean and std"),
     orders: str = typer.Option(None, help="task orders: tasks by comma, orders by ';'"),
     device: str = typer.Option(None, help="auto, cpu or cuda"),
     resume: bool = typer.Option(False, "--resume", help="continue after the last complete task checkpoint"),
-    overrides: list[str] = typer.Option([], "--set", help="override any config key: --set train.lr=1e-3"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="clear the previous run in --out first"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check everything and print the plan; train nothing"),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="replace any config key (README: Configuration reference): --set train.lr=1e-3; null: default"
+    ),
 ) -> None:
     """Train and evaluate methods on a task stream; writes results.json, report.md and plots/."""
     console = Console()
     with user_errors():
-        extra = [parse_override(o) for o in overrides]
         flags = {"methods": methods and [m.strip() for m in methods.split(",") if m.strip()],
-                 "benchmark": benchmark, "out": out, "device": device,
-                 "seeds": ([seed] if seed is not None else None) or (seeds and _ints(seeds)),
+                 "benchmark": benchmark, "base": base, "out": out, "device": device,
+                 "seeds": [seed] if seed is not None else (seeds and _ints(seeds)),
                  "orders": orders and _orders(orders)}  # fmt: skip
-        extra.append({k: v for k, v in flags.items() if v})
-        cfg = load_config(preset, config, extra)
-        from branchlora.experiment import run_experiment  # heavy imports only once the config is valid
+        entries = [parse_override(o) for o in overrides] + [((k,), v) for k, v in flags.items() if v]
+        cfg = load_config(preset, config, entries)
+        from branchlora.experiment import plan_experiment, run_experiment  # heavy imports once the config is valid
 
-        results = run_experiment(cfg, resume=resume, console=console)
+        if dry_run:
+            plan_experiment(cfg, resume=resume, overwrite=overwrite, console=console)
+            return
+        results = run_experiment(cfg, resume=resume, overwrite=overwrite, console=console)
     table = Table(title=f"{results['benchmark']['name']} · {len(results['benchmark']['tasks'])} tasks")
     for column in ("method", "ACC", "MAA", "BWT", "forgetting", "tunable", "selector", "train s"):
         table.add_column(column, justify="left" if column == "method" else "right")

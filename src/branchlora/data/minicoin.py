@@ -19,6 +19,7 @@ from branchlora.atomic import atomic_dir
 from branchlora.data import world
 from branchlora.data.templates import instruction
 from branchlora.data.world import COLOURS, SHAPES, WORDS, Scene
+from branchlora.typed import check_fields
 
 GENERATOR_VERSION = 1  # bump when generated files change, so old caches are not reused
 TASKS = ("scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa")
@@ -38,11 +39,16 @@ METRICS = {
 class MiniCoinOptions:
     """Everything that determines the generated files; defaults fit the CPU run's time budget."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0})
     train_size: int = 300  # items per task
     test_size: int = 50  # items per task
     instructions: str = "original"  # or "10type"
     image_size: int = 64  # the tiny base's resolution
+
+    def __post_init__(self) -> None:
+        check_fields(self, minimum=1)
+        if self.instructions not in ("original", "10type"):
+            raise ValueError(f"instructions: expected original or 10type, got {self.instructions!r}")
 
     def fingerprint(self) -> str:
         """The cache folder's name: changes with any option and with the generator's version."""

@@ -14,14 +14,20 @@ from branchlora.adapters import routing_context
 from branchlora.batch import model_inputs
 from branchlora.evaluation.scorers import score
 from branchlora.methods.base import Method, Task
+from branchlora.typed import check_fields
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = field(default=32, metadata={"help": "prompts per generate call"})
-    max_new_tokens: int = field(default=24, metadata={"help": "generation budget per answer"})
-    limit: int = field(default=0, metadata={"help": "test items per task (0: all)"})
+    """How every task is scored after every stage."""
+
+    batch_size: int = field(default=32, metadata={"help": "prompts per generate call", "min": 1})
+    max_new_tokens: int = field(default=24, metadata={"help": "generation budget per answer", "min": 1})
+    limit: int = field(default=0, metadata={"help": "test items per task (0: all)", "min": 0})
     oracle: bool = field(default=False, metadata={"help": "give routed methods the true task id"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass

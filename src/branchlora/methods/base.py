@@ -16,6 +16,7 @@ from torch import nn
 
 from branchlora.adapters import AdapterConfig, adapter_layers, inject_adapters
 from branchlora.models.parts import projector
+from branchlora.typed import check_fields
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class MethodOptions:
     """Knobs every method has; a method's own Options dataclass extends this."""
 
     train_projector: bool = field(default=True, metadata={"help": "train the vision-language projector"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 class Method:

@@ -52,6 +52,7 @@ class BranchLoRAOptions(MethodOptions):
     stats_batches: int = field(default=0, metadata={"help": "batches of the task-end pass (0: all)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types and ranges of every field
         for name, valid in (("router_init", ("fresh", "copy")), ("exhaustion", ("stop", "grow")),
                             ("keys", ("loss", "prototype"))):  # fmt: skip
             if getattr(self, name) not in valid:

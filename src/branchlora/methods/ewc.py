@@ -28,6 +28,7 @@ class EWCOptions(MethodOptions):
     fisher_batches: int = field(default=0, metadata={"help": "batches for the Fisher (0: all)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types and ranges of every field
         if self.mode not in ("separate", "online"):
             raise ValueError(f"EWC mode must be 'separate' or 'online', got {self.mode!r}")
 

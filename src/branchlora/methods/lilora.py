@@ -51,6 +51,7 @@ class LiLoRAOptions(MethodOptions):
     stats_batches: int = field(default=0, metadata={"help": "batches of the prototype pass (0: all)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types and ranges of every field
         if self.task_identity not in ("select", "oracle"):
             raise ValueError(f"task_identity must be select or oracle, got {self.task_identity!r}")
         if self.keys not in KEY_MODES:

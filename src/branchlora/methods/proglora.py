@@ -54,6 +54,7 @@ class ProgLoRAOptions(MethodOptions):
     identity_weight: float = field(default=1.0, metadata={"help": "weight of the key identity loss"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types and ranges of every field
         if self.task_identity not in ("infer", "oracle"):
             raise ValueError(f"task_identity must be infer or oracle, got {self.task_identity!r}")
 

@@ -24,6 +24,7 @@ from branchlora.models.perception import readback, schedule, train_tower
 from branchlora.models.tiny import TinyConfig
 from branchlora.models.tokenizer import train_tokenizer
 from branchlora.progress import step_progress
+from branchlora.typed import check_fields
 
 CAPTION_PROMPTS = ("Describe the image.", "What is in the picture?", "Write a short caption.", "Describe what you see.")
 
@@ -42,6 +43,12 @@ class PretrainConfig:
     tokenizer_texts: int = 3000  # scenes captioned (and task texts drawn) to train the tokenizer on
     heldout: int = 64  # captions kept aside to measure the reported caption loss
     readback: int = 240  # held-out scenes captioned and read back to measure perception
+
+    def __post_init__(self) -> None:
+        check_fields(self, minimum=0)
+        for lr, batch, stage in ((self.lr, self.batch_size, ""), (self.tower_lr, self.tower_batch_size, "tower_")):
+            if lr <= 0 or batch < 1:
+                raise ValueError(f"pretraining: {stage}lr must be > 0 and {stage}batch_size >= 1, got {lr}, {batch}")
 
 
 # The short schedule `branchlora pretrain --quick` and the tests run: micro sizes, a few steps of each stage.

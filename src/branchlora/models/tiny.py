@@ -21,6 +21,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from branchlora.typed import check_fields
+
 TINY_VERSION = 2  # bump when the architecture or the pre-training recipe changes, so caches rebuild
 
 
@@ -39,6 +41,9 @@ class TinyConfig:
     intermediate: int = 512
     vocab_size: int = 768
     max_positions: int = 512
+
+    def __post_init__(self) -> None:
+        check_fields(self, minimum=1)
 
 
 def build_model(cfg: TinyConfig, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlavaForConditionalGeneration:

@@ -1,0 +1,111 @@
+"""The output folder of a run: checked before any work, claimed by one writer at a time.
+
+A folder that already holds a run is refused unless the user says what to do with it: `--resume`
+(continue it; checkpoints whose settings differ are refused later) or `--overwrite` (clear it first).
+A lock file holding the writer's pid keeps a second run out; a lock left by a dead process is taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK = ".lock"
+MARKER = "run-config.json"  # written when a run starts: the full config and the task orders
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (which set RANK), or a plain single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Fail with one line if `out` cannot be written or holds a run the user did not mention."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite clears it: give one of them")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    existing = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {existing} is not writable")
+    held = holder(out)
+    if held:
+        raise ValueError(f"--out {out} is locked by {out / LOCK} (held by {held}): another run is writing there")
+    contents = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    if contents and not resume and not overwrite:
+        shown = ", ".join(contents[:4]) + (", ..." if len(contents) > 4 else "")
+        raise ValueError(f"--out {out} is not empty ({shown}): pass --resume to continue the run there, "
+                         "--overwrite to replace it, or choose another folder")  # fmt: skip
+    if contents and overwrite and not holds_run(out):
+        raise ValueError(f"--out {out} is not empty and holds no branchlora run: --overwrite clears only a run's "
+                         "folder; choose an empty or new folder")  # fmt: skip
+
+
+def holds_run(out: Path) -> bool:
+    """Whether `out` is a run's folder: its config record, its results, or a method's task checkpoint."""
+    return (out / MARKER).exists() or (out / "results.json").exists() or any(out.glob("*/task-[0-9][0-9]"))
+
+
+def holder(out: Path) -> str | None:
+    """'pid N on HOST' of a live writer holding the lock, else None (no lock, or its process is gone)."""
+    try:
+        info = json.loads((out / LOCK).read_text())
+        pid, host = int(info["pid"]), str(info["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname():
+        return f"pid {pid} on {host}"  # cannot tell whether it lives: assume it does
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return f"pid {pid} on {host}"
+
+
+@contextmanager
+def claimed(out: Path, *, overwrite: bool, config: dict) -> Iterator[None]:
+    """Take the lock of `out` (checked by `check_out`), clear it with `overwrite`, record the config; the
+    lock is released at the end."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot create the folder: {err.strerror}") from None
+    lock = out / LOCK
+    _take_lock(lock)
+    try:
+        if overwrite:
+            for entry in out.iterdir():
+                if entry.name != LOCK:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        (out / MARKER).write_text(json.dumps(config, indent=1))
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _take_lock(lock: Path) -> None:
+    """Create the lock atomically (O_EXCL); a stale one (dead pid) is removed and taken over once."""
+    for attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            held = holder(lock.parent)
+            if held or attempt:
+                raise ValueError(f"--out {lock.parent} is locked by {lock} (held by {held}): another run is writing "
+                                 "there") from None  # fmt: skip
+            lock.unlink(missing_ok=True)
+            continue
+        except OSError as err:
+            raise ValueError(f"--out {lock.parent} is not writable: {err.strerror}") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        return

@@ -1,0 +1,182 @@
+"""Bad input to `branchlora run`: each case runs the real command and gets exit 2 and one error line that
+names the key, value or file, with no traceback; a good but unusual input is accepted or explained."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from branchlora.cli import app
+from branchlora.config import load_config, parse_override, to_dict
+from branchlora.experiment import run_identity
+from branchlora.rundir import LOCK
+
+runner = CliRunner()
+# A small minicoin, so that the cases which get as far as the benchmark stay fast.
+SMALL = ["--preset", "quick", "--set", "benchmark_options.train_size=4", "--set", "benchmark_options.test_size=2"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def invoke(args: list[str], cache: Path):
+    return runner.invoke(app, ["run", *args], env={"BRANCHLORA_CACHE": str(cache)})
+
+
+def refused(args: list[str], cache: Path, *needles: str) -> str:
+    out = invoke(args, cache)
+    text = " ".join(out.output.split())  # rich wraps long lines at the terminal's width
+    assert out.exit_code == 2, out.output
+    assert "Traceback" not in out.output and out.output.count("error:") == 1, out.output
+    for needle in needles:
+        assert needle in text, out.output
+    return text
+
+
+def accepted(args: list[str], cache: Path) -> str:
+    out = invoke(args, cache)
+    assert out.exit_code == 0, out.output
+    return " ".join(out.output.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--set", "train.max_steps=abc"], ["train.max_steps", "'abc'"]),
+        (["--set", "train.max_steps=-5"], ["train.max_steps", "-5"]),
+        (["--set", "eval.limit=-1"], ["eval.limit", "-1"]),
+        (["--set", "train.lr=0"], ["train.lr", "must be > 0"]),
+        (["--set", "train.lr=nan"], ["train.lr", "finite"]),
+        (["--set", "seeds=abc"], ["seeds[0]", "'abc'"]),
+        (["--seeds", "0,x"], ["--seeds", "'0,x'"]),
+        (["--device", "tpu"], ["device", "'tpu'", "auto, cpu, cuda"]),
+        (["--set", "train.mixed_precision=fp16"], ["train.mixed_precision", "'fp16'", "no, bf16"]),
+        (["--orders", "scienceqa,scienceqa"], ["orders[0]", "scienceqa given more than once"]),
+        (["--methods", "lora,dora"], ["unknown method 'dora'", "valid methods:"]),
+        (["--set", "train.lrr=1"], ["train: unknown key(s) ['lrr']", "did you mean 'lr'"]),
+        (["--set", "trian.lr=1"], ["unknown key(s) ['trian']", "did you mean 'train'"]),
+        (["--set", "adapter.r=abc"], ["adapter (method lora).r", "'abc'"]),
+        (["--set", "benchmark_options.train_size=0"], ["benchmark_options.train_size", "got 0"]),
+        (["--set", "train.lr"], ["--set 'train.lr'", "section.key=value"]),
+        (["--resume", "--overwrite", "--dry-run"], ["give one of them"]),
+    ],
+)
+def test_bad_values(args, needles, cache, tmp_path):
+    refused([*args, "--out", str(tmp_path / "out")], cache, *needles)
+
+
+def test_exponent_floats_are_accepted_and_null_resets_without_a_traceback(cache, tmp_path):
+    args = [*SMALL, "--dry-run", "--set", "train.lr=1e-3", "--set", "benchmark_options=null"]
+    args += ["--set", "benchmark_options={train_size: 4, test_size: 2}", "--out", str(tmp_path / "o")]
+    text = accepted(args, cache)
+    assert "dry run" in text and not (tmp_path / "o").exists()
+
+
+def test_unknown_task_in_an_order(cache, tmp_path):
+    refused([*SMALL, "--dry-run", "--orders", "scienceqa,nope", "--out", str(tmp_path / "o")], cache,
+            "has no task 'nope'", "scienceqa")  # fmt: skip
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_is_refused(cache, tmp_path):
+    refused(["--device", "cuda", "--dry-run", "--out", str(tmp_path / "o")], cache, "device=cuda", "no CUDA GPU")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_bf16_on_the_cpu_says_what_it_does(cache, tmp_path):
+    text = accepted([*SMALL, "--dry-run", "--set", "train.mixed_precision=bf16", "--out", str(tmp_path / "o")], cache)
+    assert "bf16 on the CPU runs torch's CPU autocast in bfloat16" in text
+
+
+def test_config_file_that_is_not_yaml(cache, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: 1e-3\nmethods: [lora\n")
+    refused(["--config", str(bad)], cache, str(bad), "is not valid YAML")
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)))
+    refused(["--config", str(binary)], cache, str(binary))
+
+
+def test_config_that_is_a_list(cache, tmp_path):
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- lora\n- branchlora\n")
+    refused(["--config", str(listed)], cache, str(listed), "a config is a mapping of keys, got list")
+
+
+def test_out_that_is_a_file(cache, tmp_path):
+    (tmp_path / "results").write_text("x")
+    refused(["--out", str(tmp_path / "results")], cache, str(tmp_path / "results"), "is a file")
+
+
+def test_out_under_a_file(cache, tmp_path):
+    (tmp_path / "f").write_text("x")
+    refused(["--out", str(tmp_path / "f" / "run")], cache, str(tmp_path / "f"), "is a file")
+
+
+def test_out_in_an_unwritable_folder(cache, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores the mode: nothing can be refused here
+            pytest.skip("running as root: a folder's mode does not stop writes")
+        refused(["--out", str(locked / "run")], cache, str(locked), "is not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_previous_run_in_out_needs_resume_or_overwrite(cache, tmp_path):
+    out = tmp_path / "out"
+    (out / "lora" / "task-00").mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    refused(["--out", str(out)], cache, f"--out {out} is not empty", "--resume", "--overwrite")
+    assert (out / "results.json").exists()
+
+
+def test_overwrite_refuses_a_folder_that_holds_no_run(cache, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    refused(["--overwrite", "--out", str(tmp_path)], cache, "holds no branchlora run")
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(cache, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    refused(["--out", str(out)], cache, str(out / LOCK), f"pid {os.getpid()}")
+    (out / LOCK).write_text(json.dumps({"pid": 2**22 + 7, "host": os.uname().nodename}))  # no such process
+    assert "dry run" in accepted([*SMALL, "--dry-run", "--out", str(out)], cache)
+
+
+def test_resume_with_another_lr_is_refused_listing_what_differs(cache, tmp_path):
+    out = tmp_path / "out"
+    args = [*SMALL, "--methods", "lora", "--out", str(out)]
+    earlier = load_config("quick", None, [parse_override(a) for a in SMALL[3::2]] + [(("methods",), ["lora"])])
+    identity = run_identity(to_dict(earlier), "lora", 0, earlier_order())
+    (out / "lora" / "task-00").mkdir(parents=True)
+    (out / "lora" / "task-00" / "state.json").write_text(json.dumps({"run": identity}))
+    text = refused([*args, "--resume", "--set", "train.lr=1e-2"], cache, "--resume", "train.lr: 0.003 -> 0.01")
+    assert "train.seed" not in text  # only what differs is listed
+    refused([*args, "--resume", "--orders", "textvqa,scienceqa"], cache, "tasks")
+
+
+def earlier_order() -> list[str]:
+    return ["scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa"]
+
+
+def test_dry_run_opens_every_image(cache, tmp_path):
+    (tmp_path / "broken.png").write_text("not an image")
+    item = {"image": "broken.png", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
+    (tmp_path / "train.json").write_text(json.dumps([item]))
+    test = {"question_id": 0, "image": "broken.png", "text": "Q?", "answer": "A"}
+    (tmp_path / "test.json").write_text(json.dumps([test]))
+    (tmp_path / "b.yaml").write_text(
+        "name: b\nimage_root: .\ntasks:\n  - {name: t, train: train.json, test: test.json, metric: exact_match}\n"
+    )
+    refused(["--benchmark", str(tmp_path / "b.yaml"), "--dry-run", "--out", str(tmp_path / "o")], cache,
+            str(tmp_path / "broken.png"), "cannot read image")  # fmt: skip

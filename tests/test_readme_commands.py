@@ -1,0 +1,191 @@
+"""The README's commands and every configs/*.yaml, run as written (at micro sizes, on stand-in data), so
+the documentation cannot rot: a command added to the README is picked up here by itself."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+from typer.testing import CliRunner
+
+from branchlora.cli import app
+
+from engine_support import MICRO, MICRO_PRETRAIN
+
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+runner = CliRunner()
+# What each command may fail with by design; every other command must succeed.
+REFUSED = {"branchlora run --methods nope": "unknown method 'nope'; valid methods:"}
+HUB_ID = "llava-hf/llava-1.5-7b-hf"
+
+
+def readme_commands() -> list[str]:
+    """`branchlora ...` in bash blocks and inline code, with an option and no placeholder (<name>, ...)."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        found += [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("branchlora ")]
+    found += [" ".join(span.split()) for span in re.findall(r"`(branchlora [^`]+)`", README)]
+    return sorted({c for c in found if len(c.split()) > 2 and "<" not in c and "..." not in c})
+
+
+def fake_benchmark(spec: dict, folder: Path, relocate=lambda p: p) -> Path:
+    """A benchmark YAML like `spec` whose task files (2 items each, CoIN formats) and images exist under
+    `folder`; `relocate` maps the spec's paths (e.g. /data/coin/...) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {**spec, "image_root": str(relocate(spec["image_root"]))}
+    root = folder / spec["image_root"]
+    root.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(root / "img.png")
+    tasks = []
+    for task in spec["tasks"]:
+        task = {**task, "train": str(relocate(task["train"])), "test": str(relocate(task["test"]))}
+        conversation = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A"}]
+        test = {"question_id": 0, "image": "img.png", "text": "What is it?", "answer": "A"}
+        if task["metric"] == "bbox_iou":
+            test.update(answer_bbox=[2, 2, 8, 8], size=[16, 16])
+        for key, items in (("train", [{"image": "img.png", "conversations": conversation}] * 2), ("test", [test] * 2)):
+            (folder / task[key]).parent.mkdir(parents=True, exist_ok=True)
+            (folder / task[key]).write_text(json.dumps(items))
+        tasks.append(task)
+    path = folder / "benchmark.yaml"
+    path.write_text(yaml.safe_dump({**spec, "tasks": tasks}))
+    return path
+
+
+def inside(folder: Path):
+    return lambda p: folder / Path(p).relative_to("/") if Path(p).is_absolute() else p
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Stand-ins for what the README's commands name: my-stream.yaml, CoIN, a local LLaVA, a finished run."""
+    root = tmp_path_factory.mktemp("readme")
+    stream_spec = yaml.safe_load(re.search(r"```yaml\n(name: my-stream.*?)```", README, re.S).group(1))
+    coin = fake_benchmark(yaml.safe_load((ROOT / "configs" / "coin.yaml").read_text()), root / "coin", inside(root))
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=16, patch_size=8)  # fmt: skip
+    text = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=2, vocab_size=64)  # fmt: skip
+    LlavaConfig(vision_config=vision, text_config=text, image_token_id=3).save_pretrained(root / "llava")
+    paths = {
+        "my-stream.yaml": fake_benchmark(stream_spec, root / "stream", inside(root)),
+        "configs/coin.yaml": coin,
+        HUB_ID: root / "llava",
+        "cat.png": next(root.rglob("img.png")),
+    }
+    world = {"root": root, "cache": root / "cache", "paths": {k: str(v) for k, v in paths.items()}}
+    world["run"] = finished_quick_run(world)
+    return world
+
+
+def micro_sets(args: list[str]) -> list[str]:
+    """--set entries that shrink the minicoin and the tiny base a command would build (where it builds them)."""
+    sets = []
+    if "--benchmark" not in args and "--config" not in args:
+        sets += ["--set", "benchmark_options={train_size: 8, test_size: 2}"]
+    if "--base" not in args and "--config" not in args:
+        sets += ["--set", f"base_options={json.dumps({'tiny': vars(MICRO), 'pretraining': vars(MICRO_PRETRAIN)})}"]
+    return sets
+
+
+def quick_run(out: Path) -> list[str]:
+    """The README's smoke run at micro sizes (2 steps a task) into `out`."""
+    command = "branchlora run --preset quick --methods lora,moelora,branchlora"
+    assert command in readme_commands()
+    tiny_training = ["--set", "train={max_steps: 2, batch_size: 4}", "--set", "eval={batch_size: 8, max_new_tokens: 4}",
+                     "--set", "adapter={r: 8, alpha: 16}"]  # fmt: skip
+    return shlex.split(command)[1:] + micro_sets(shlex.split(command)) + tiny_training + ["--out", str(out)]
+
+
+def finished_quick_run(world: dict) -> Path:
+    """The README's smoke run, really trained, for predict, evaluate and resume."""
+    out = world["root"] / "runs" / "default"
+    result = runner.invoke(app, quick_run(out), env={"BRANCHLORA_CACHE": str(world["cache"])})
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def as_run(command: str, world: dict, tmp_path: Path) -> list[str]:
+    """The README command with its stand-ins, micro sizes, and a fresh --out (a `run` is dry-run)."""
+    args = shlex.split(command.replace("[--oracle]", "--oracle"))[1:]
+    args = [world["paths"].get(a, a).replace("runs/default", str(world["run"])) for a in args]
+    if args[0] == "run":
+        args += micro_sets(args) + ["--dry-run", "--out", str(tmp_path / "out")]
+        if "--config" in args:  # a CoIN config: the stand-in CoIN and LLaVA, and the CPU when there is no GPU
+            args += ["--set", f"benchmark={world['paths']['configs/coin.yaml']}", "--base", world["paths"][HUB_ID]]
+            args += [] if torch.cuda.is_available() else ["--device", "cpu"]
+    if args[0] == "evaluate":
+        args += ["--limit", "1"]
+    return args
+
+
+@pytest.mark.parametrize("command", readme_commands(), ids=str)
+def test_readme_command(command, world, tmp_path, monkeypatch):
+    if "--device cuda" in command and not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    if command.startswith("branchlora bench"):
+        from test_bench import TOY
+
+        monkeypatch.setattr("branchlora.cli.bench.QUICK", TOY)  # the README's command at toy sizes
+    result = runner.invoke(app, as_run(command, world, tmp_path), env={"BRANCHLORA_CACHE": str(world["cache"])})
+    if command in REFUSED:
+        assert result.exit_code == 2 and REFUSED[command] in " ".join(result.output.split()), result.output
+        return
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    if command.startswith("branchlora run"):
+        assert "dry run" in result.output and not (tmp_path / "out").exists()
+
+
+def test_the_readme_commands_are_found():
+    commands = readme_commands()
+    for start in ("branchlora run --benchmark", "branchlora run --config", "branchlora run --preset quick",
+                  "branchlora predict", "branchlora evaluate", "branchlora params", "branchlora bench"):  # fmt: skip
+        assert any(c.startswith(start) for c in commands), start
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_dry_runs_on_stand_in_data(config, world, tmp_path):
+    spec = yaml.safe_load(config.read_text())
+    if "tasks" in spec:  # a benchmark file: dry-run it with its paths moved onto stand-in data
+        args = ["run", "--benchmark", str(fake_benchmark(spec, tmp_path / "data", inside(tmp_path / "data")))]
+    else:
+        args = ["run", "--config", str(config), "--set", f"benchmark={world['paths']['configs/coin.yaml']}"]
+        args += [] if torch.cuda.is_available() else ["--device", "cpu"]
+    args += ["--base", world["paths"][HUB_ID], "--dry-run", "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, args, env={"BRANCHLORA_CACHE": str(world["cache"])})
+    assert result.exit_code == 0, result.output
+    assert "tunable parameters" in result.output and not (tmp_path / "out").exists()
+
+
+def test_a_hub_id_that_is_not_available_offline_is_one_clear_line(world, tmp_path):
+    args = ["run", "--benchmark", world["paths"]["my-stream.yaml"], "--base", "llava-hf/no-such-model-here",
+            "--dry-run", "--out", str(tmp_path / "out")]  # fmt: skip
+    result = runner.invoke(app, args, env={"BRANCHLORA_CACHE": str(world["cache"]), "HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "base 'llava-hf/no-such-model-here': its config is not available" in " ".join(result.output.split())
+
+
+def test_checkpoints_record_the_run_and_a_changed_resume_is_refused(world):
+    state = json.loads((world["run"] / "branchlora" / "task-07" / "state.json").read_text())
+    assert state["config"]["methods"] == ["lora", "moelora", "branchlora"] and len(state["tasks"]) == 8
+    assert state["run"]["train"]["max_steps"] == 2 and state["run"]["tasks"] == state["tasks"]
+    assert json.loads((world["run"] / "run-config.json").read_text())["orders"] == [state["tasks"]]
+    assert not (world["run"] / ".lock").exists()  # released at the end
+    env = {"BRANCHLORA_CACHE": str(world["cache"])}
+    changed = [*quick_run(world["run"]), "--resume", "--set", "train={max_steps: 3, batch_size: 4}"]
+    result = runner.invoke(app, changed, env=env)
+    assert result.exit_code == 2 and "train.max_steps: 2 -> 3" in " ".join(result.output.split()), result.output
+    result = runner.invoke(app, [*quick_run(world["run"]), "--dry-run"], env=env)
+    assert result.exit_code == 2 and "is not empty" in result.output  # a dry run checks --out as a run would
+    before = sorted(p.name for p in world["run"].iterdir())
+    result = runner.invoke(app, [*quick_run(world["run"]), "--overwrite", "--dry-run"], env=env)
+    assert result.exit_code == 0 and sorted(p.name for p in world["run"].iterdir()) == before
+    result = runner.invoke(app, [*quick_run(world["run"]), "--resume"], env=env)  # all done: nothing left to train
+    assert result.exit_code == 0, result.output

@@ -1,0 +1,39 @@
+"""The output folder: one writer at a time, --overwrite clears only a run, stale locks are taken over."""
+
+import json
+import os
+import socket
+
+import pytest
+
+from branchlora.rundir import LOCK, MARKER, check_out, claimed
+
+
+def test_overwrite_clears_the_previous_run_and_the_lock_is_released(tmp_path):
+    (tmp_path / "lora" / "task-00").mkdir(parents=True)  # a killed run: a checkpoint, no results yet
+    (tmp_path / "notes.txt").write_text("")
+    check_out(tmp_path, resume=False, overwrite=True)
+    with claimed(tmp_path, overwrite=True, config={"lr": 1}):
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK, MARKER])
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK).exists() and json.loads((tmp_path / MARKER).read_text()) == {"lr": 1}
+
+
+def test_a_live_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_path):
+    (tmp_path / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with (
+        pytest.raises(ValueError, match=f"locked by {tmp_path / LOCK} \\(held by pid {os.getpid()}"),
+        claimed(tmp_path, overwrite=False, config={}),
+    ):
+        pass
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 2**22 + 7, "host": socket.gethostname()}))
+    with claimed(tmp_path, overwrite=False, config={}):
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+
+
+def test_resume_keeps_the_previous_run(tmp_path):
+    (tmp_path / "lora" / "task-00").mkdir(parents=True)
+    check_out(tmp_path, resume=True, overwrite=False)
+    with claimed(tmp_path, overwrite=False, config={}):
+        pass
+    assert (tmp_path / "lora" / "task-00").is_dir()
