@@ -186,7 +186,6 @@ def save_checkpoint(
     return final
 
 
-<<<<<<< HEAD
 def read_state(folder: Path) -> dict:
     """DIR/state.json, checked for what loading needs: the method, its adapter and options, the task index."""
     path = folder / "state.json"
@@ -194,7 +193,8 @@ def read_state(folder: Path) -> dict:
     for key, kind in (("method", str), ("task_index", int), ("adapter", dict), ("options", dict)):
         require(state, key, kind, path)
     return state
-=======
+
+
 def require_same_run(out_dir: Path, expected: dict) -> None:
     """Refuse to resume from checkpoints of another run: `expected` is the identity `info["run"]` held
     (settings that change results, the seed and the task order); the message lists every difference."""
@@ -219,7 +219,6 @@ def _flat(tree: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield from _flat(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
->>>>>>> h1
 
 
 def load_checkpoint(folder: Path, model: nn.Module, method: Method, result: MethodResult | None = None) -> int:
