@@ -205,7 +205,7 @@ def test_error_text_keeps_its_brackets(saved, tmp_path):
     task = {"name": "grounding", "train": "train.json", "test": "test.json", "metric": "bbox_iou"}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({"name": "b", "image_root": ".", "tasks": [task]}))
     out = cli(root, "evaluate", "--checkpoint", checkpoint, "--benchmark", tmp_path / "b.yaml")
-    assert_one_line_error(out, "expected [x, y, w, h], got [1, 2]")
+    assert_one_line_error(out, "expected [x, y, w, h] as finite numbers, got [1, 2]")
 
 
 def micro_run(root, tmp_path, *overrides, lr=2e-4):

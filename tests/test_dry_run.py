@@ -14,6 +14,8 @@ def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path, monkeypatc
     config = load_config("quick", None, [parse_override(s) for s in [*sets, f"out={tmp_path / 'out'}"]])
     plan = plan_experiment(config, console=Console(file=io.StringIO()))
     assert [(t["train"], t["test"], t["steps"]) for t in plan["tasks"]] == [(4, 2, 12)] * 8  # quick: 12 steps a task
-    assert plan["methods"]["lora"] == {"tunable": 522_624, "steps": 8 * 12}  # the README's count at r 32
-    assert plan["methods"]["multitask"]["steps"] == 12  # the joint bound trains once, on the union
+    lora = 4 * (4 * 32 * (192 + 192) + 3 * 32 * (192 + 512))  # r 32 on q, k, v, o and gate, up, down; 4 layers
+    projector = (128 * 192 + 192) + (192 * 192 + 192)  # vision 128 -> LM 192 -> 192
+    assert plan["methods"]["lora"] == {"tunable": lora + projector, "steps": 8 * 12}
+    assert plan["methods"]["multitask"]["steps"] == 8 * 12  # the joint bound: the stream's budget, on the union
     assert plan["base"]["sizes"]["hidden"] == 192 and not (tmp_path / "out").exists()

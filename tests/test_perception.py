@@ -5,13 +5,15 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from branchlora.cli import app
 from branchlora.data import world
+from branchlora.data.collate import Collator
 from branchlora.models.loading import INFO_FILE, PACKAGED, packaged_fingerprint
 from branchlora.models.perception import READBACK_FACTS, patch_shares, read_caption
-from branchlora.models.pretrain import PretrainConfig
+from branchlora.models.pretrain import PretrainConfig, text_batch
 from branchlora.models.tiny import TinyConfig, fingerprint
 
 
@@ -76,3 +78,21 @@ def test_committed_base_is_the_default_recipe_and_sees():
     info = json.loads((PACKAGED / INFO_FILE).read_text())
     assert all(info["perception"][fact] >= 95.0 for fact in READBACK_FACTS), info["perception"]
     assert sum(f.stat().st_size for f in PACKAGED.iterdir()) < 25 * 2**20
+
+
+def test_text_batches_are_task_words_alone(micro_processor):
+    """Stage 2's language steps: no image, every real token labelled, and never a question with its answer."""
+    collator = Collator(micro_processor, prompt_format="llava")
+    batch = text_batch(collator, random.Random(0), 64, 64)
+    assert "pixel_values" not in batch
+    assert torch.equal(batch["labels"] != -100, batch["attention_mask"].bool())
+    assert not (batch["input_ids"] == collator.tokenizer.convert_tokens_to_ids("<image>")).any()
+    for text in collator.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True):
+        assert not ("ASSISTANT:" in text and not text.rstrip().endswith("ASSISTANT:")), text  # no answer follows
+
+
+@pytest.fixture(scope="module")
+def micro_processor(tmp_path_factory):
+    from engine_support import micro_base
+
+    return micro_base(tmp_path_factory.mktemp("cache"))[1]

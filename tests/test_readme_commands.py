@@ -46,10 +46,11 @@ def fake_benchmark(spec: dict, folder: Path, relocate=lambda p: p) -> Path:
     for task in spec["tasks"]:
         task = {**task, "train": str(relocate(task["train"])), "test": str(relocate(task["test"]))}
         conversation = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A"}]
-        test = {"question_id": 0, "image": "img.png", "text": "What is it?", "answer": "A"}
-        if task["metric"] == "bbox_iou":
-            test.update(answer_bbox=[2, 2, 8, 8], size=[16, 16])
-        for key, items in (("train", [{"image": "img.png", "conversations": conversation}] * 2), ("test", [test] * 2)):
+        tests = [{"question_id": i, "image": "img.png", "text": "What is it?", "answer": "A"} for i in range(2)]
+        for test in tests:
+            if task["metric"] == "bbox_iou":
+                test.update(answer_bbox=[2, 2, 8, 8], size=[16, 16])
+        for key, items in (("train", [{"image": "img.png", "conversations": conversation}] * 2), ("test", tests)):
             (folder / task[key]).parent.mkdir(parents=True, exist_ok=True)
             (folder / task[key]).write_text(json.dumps(items))
         tasks.append(task)

@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -131,8 +131,8 @@ def run_method(
     tasks = [(0, "+".join(data.names), [x for t in data.train for x in t])] if method.joint else [
         (i, name, train) for i, (name, train) in enumerate(zip(data.names, data.train, strict=True))
     ]  # fmt: skip
-    if method.joint:  # the same budget as the stream: T tasks' worth of steps on their union
-        train_config = replace(train_config, max_steps=train_config.max_steps * len(data.names))
+    if method.joint:
+        train_config = train_config.joint(len(data.names))
     log = JsonLines(out_dir / "log.jsonl", accelerator.is_main_process, method=method.name, seed=train_config.seed)
     for index, name, examples in tasks[start:]:
         task = Task(index, name)

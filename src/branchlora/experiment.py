@@ -166,7 +166,9 @@ def plan_experiment(
     methods = {}
     for name in config.methods:
         method = get_method(name)(config.adapter, config.method_options.get(name))
-        steps = config.train.steps(sum(sizes)) if method.joint else sum(map(config.train.steps, sizes))
+        steps = (
+            config.train.joint(len(sizes)).steps(sum(sizes)) if method.joint else sum(map(config.train.steps, sizes))
+        )
         methods[name] = {"tunable": tunable_parameters(make_model(), method, orders[0][0]), "steps": steps}
     base = {"name": config.base, "parameters": sum(p.numel() for p in make_model().parameters())}
     if config.base == "tiny":

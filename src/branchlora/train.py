@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -49,6 +49,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    def joint(self, n_tasks: int) -> TrainConfig:
+        """The budget of the joint (multi-task) bound: n_tasks tasks' worth of steps on their union."""
+        return replace(self, max_steps=self.max_steps * n_tasks)
 
     def steps(self, n_examples: int) -> int:
         """Optimizer steps of a task with `n_examples` training items (max_steps, or from epochs)."""

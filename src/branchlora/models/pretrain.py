@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
 from branchlora.data import world
-from branchlora.data.collate import Collator
+from branchlora.data.collate import IGNORE_INDEX, Collator, pad
 from branchlora.data.minicoin import GENERATORS, MiniCoinOptions
 from branchlora.models.perception import readback, schedule, train_tower
 from branchlora.models.tiny import TinyConfig
@@ -33,16 +33,17 @@ CAPTION_PROMPTS = ("Describe the image.", "What is in the picture?", "Write a sh
 class PretrainConfig:
     """The pre-training recipe (both stages); `branchlora pretrain` runs it, the committed base was built by it."""
 
-    tower_steps: int = 1200  # stage 1: perception steps of the vision tower
-    tower_batch_size: int = 64
-    tower_lr: float = 2e-3
-    steps: int = 2000  # stage 2: caption steps of projector + language model
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup: int = 50
-    tokenizer_texts: int = 3000  # scenes captioned (and task texts drawn) to train the tokenizer on
-    heldout: int = 64  # captions kept aside to measure the reported caption loss
-    readback: int = 240  # held-out scenes captioned and read back to measure perception
+    tower_steps: int = field(default=1200, metadata={"help": "stage 1: perception steps of the vision tower"})
+    tower_batch_size: int = field(default=64, metadata={"help": "stage 1: images per step"})
+    tower_lr: float = field(default=2e-3, metadata={"help": "stage 1: peak learning rate"})
+    steps: int = field(default=2000, metadata={"help": "stage 2: caption steps of projector + language model"})
+    batch_size: int = field(default=16, metadata={"help": "stage 2: captions per step"})
+    lr: float = field(default=2e-3, metadata={"help": "stage 2: peak learning rate"})
+    text_every: int = field(default=4, metadata={"help": "stage 2: every n-th step is text alone (task words)"})
+    warmup: int = field(default=50, metadata={"help": "linear warm-up steps of each stage (then cosine)"})
+    tokenizer_texts: int = field(default=3000, metadata={"help": "captions (and task texts) the tokenizer learns"})
+    heldout: int = field(default=64, metadata={"help": "held-out captions of the reported caption loss"})
+    readback: int = field(default=240, metadata={"help": "held-out scenes captioned and read back (perception)"})
 
     def __post_init__(self) -> None:
         check_fields(self, minimum=0)
@@ -54,24 +55,38 @@ class PretrainConfig:
 # The short schedule `branchlora pretrain --quick` and the tests run: micro sizes, a few steps of each stage.
 QUICK_TINY = TinyConfig(vision_hidden=32, vision_layers=1, hidden=64, layers=2, heads=2, intermediate=128,
                         vocab_size=400)  # fmt: skip
-QUICK_PRETRAIN = PretrainConfig(tower_steps=10, tower_batch_size=8, steps=20, batch_size=4, lr=3e-3, warmup=4,
-                                tokenizer_texts=200, heldout=4, readback=8)  # fmt: skip
+QUICK_PRETRAIN = PretrainConfig(tower_steps=10, tower_batch_size=8, steps=20, text_every=0, batch_size=4, lr=3e-3,
+                                warmup=4, tokenizer_texts=200, heldout=4, readback=8)  # fmt: skip
+
+
+def task_words(rng: random.Random, opts: MiniCoinOptions) -> list[str]:
+    """An instruction and an answer of a random minicoin item, as two separate lines: the words and formats
+    of the tasks (letters, digits, boxes, "unanswerable") without any question paired with its answer."""
+    item = rng.choice(list(GENERATORS.values()))(rng, opts)
+    return [f"USER: {item.instruction} ASSISTANT:", item.answer]
 
 
 def tokenizer_corpus(seed: int, count: int, image_size: int) -> list[str]:
-    """Captions plus the words of task instructions and answers, so no task text splits into bytes.
-
-    Instructions and answers go in as separate lines: the tokenizer learns spellings, never a Q/A pair.
-    """
+    """Captions plus the words of task instructions and answers, so no task text splits into bytes."""
     rng = random.Random(f"tokenizer/{seed}")
     texts = [world.caption(world.random_scene(rng, image_size)) for _ in range(count)]
     texts += [f"USER: {p} ASSISTANT:" for p in CAPTION_PROMPTS] * 50
     opts = MiniCoinOptions(seed=seed, instructions="10type", image_size=image_size)
-    for _ in range(count // 20):
-        for make in GENERATORS.values():
-            item = make(rng, opts)
-            texts += [f"USER: {item.instruction} ASSISTANT:", item.answer]
+    for _ in range(count // 20 * len(GENERATORS)):
+        texts += task_words(rng, opts)
     return texts
+
+
+def text_batch(collator: Collator, rng: random.Random, n: int, image_size: int) -> dict[str, torch.Tensor]:
+    """Language modelling on task words alone (no image), as an LLM knows its language before LLaVA tunes
+    it: without it the embeddings and output rows of every word outside the captions stay random."""
+    opts = MiniCoinOptions(instructions="10type", image_size=image_size)
+    lines = [rng.choice(task_words(rng, opts)) for _ in range(n)]
+    rows = [collator.with_bos(collator.tokenizer(t, add_special_tokens=False).input_ids) + [collator.eos_id]
+            for t in lines]  # fmt: skip
+    batch = pad(rows, collator.pad_id, left=False)
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    return batch
 
 
 def build_tokenizer(seed: int, cfg: PretrainConfig, vocab_size: int, image_size: int) -> PreTrainedTokenizerFast:
@@ -122,7 +137,8 @@ def processor_size(processor: LlavaProcessor) -> int:
 
 
 def train_captions(model: LlavaForConditionalGeneration, processor, cfg: PretrainConfig, *, seed: int, log) -> list:
-    """Stage 2: projector and language model learn to caption what the (frozen) tower perceives."""
+    """Stage 2: projector and language model learn to caption what the (frozen) tower perceives; every
+    `text_every`-th step is language modelling on task words alone (see text_batch)."""
     collator = Collator(processor, prompt_format="llava")
     rng = random.Random(f"pretrain/{seed}")
     torch.manual_seed(seed)
@@ -133,11 +149,15 @@ def train_captions(model: LlavaForConditionalGeneration, processor, cfg: Pretrai
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        loss = model(**caption_batch(collator, rng, cfg.batch_size, processor_size(processor))).loss
+        text = cfg.text_every and step % cfg.text_every == cfg.text_every - 1
+        loss = model(
+            **(text_batch if text else caption_batch)(collator, rng, cfg.batch_size, processor_size(processor))
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        log(step + 1, f"loss {losses[-1]:.3f}")
+        if not text:  # the caption loss curve
+            losses.append(loss.item())
+        log(step + 1, f"loss {loss.item():.3f}")
     return losses

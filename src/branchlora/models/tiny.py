@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import (
@@ -30,17 +30,17 @@ TINY_VERSION = 2  # bump when the architecture or the pre-training recipe change
 class TinyConfig:
     """Sizes of the tiny base. 64 px / patch 8 = 64 image tokens (the CLS token is dropped)."""
 
-    image_size: int = 64
-    patch_size: int = 8
-    vision_hidden: int = 128
-    vision_layers: int = 4
-    vision_heads: int = 4
-    hidden: int = 192
-    layers: int = 4
-    heads: int = 4
-    intermediate: int = 512
-    vocab_size: int = 768
-    max_positions: int = 512
+    image_size: int = field(default=64, metadata={"help": "image side in pixels"})
+    patch_size: int = field(default=8, metadata={"help": "vision patch side: (image_size / patch_size)^2 tokens"})
+    vision_hidden: int = field(default=128, metadata={"help": "vision tower width"})
+    vision_layers: int = field(default=4, metadata={"help": "vision tower layers"})
+    vision_heads: int = field(default=4, metadata={"help": "vision tower attention heads"})
+    hidden: int = field(default=192, metadata={"help": "language model width"})
+    layers: int = field(default=4, metadata={"help": "language model layers"})
+    heads: int = field(default=4, metadata={"help": "language model attention heads"})
+    intermediate: int = field(default=512, metadata={"help": "language model MLP width"})
+    vocab_size: int = field(default=768, metadata={"help": "byte-level BPE vocabulary (special tokens included)"})
+    max_positions: int = field(default=512, metadata={"help": "language model context length"})
 
     def __post_init__(self) -> None:
         check_fields(self, minimum=1)
