@@ -61,9 +61,11 @@ QUICK_PRETRAIN = PretrainConfig(tower_steps=10, tower_batch_size=8, steps=20, te
 
 def task_words(rng: random.Random, opts: MiniCoinOptions) -> list[str]:
     """An instruction and an answer of a random minicoin item, as two separate lines: the words and formats
-    of the tasks (letters, digits, boxes, "unanswerable") without any question paired with its answer."""
+    of the tasks (letters, digits, boxes, "unanswerable") without any question paired with its answer.
+
+    The answer follows the assistant's cue, as in training, so the tokenizer learns " E" (not " " + "E")."""
     item = rng.choice(list(GENERATORS.values()))(rng, opts)
-    return [f"USER: {item.instruction} ASSISTANT:", item.answer]
+    return [f"USER: {item.instruction} ASSISTANT:", f"ASSISTANT: {item.answer}"]
 
 
 def tokenizer_corpus(seed: int, count: int, image_size: int) -> list[str]:
