@@ -19,9 +19,9 @@ def test_tuned_model_loses_more_without_its_images(tmp_path):
     method = get_method("lora")(config.adapter)
     method.setup(model)
     train = config.train.__class__(**{**vars(config.train), "max_steps": 15})
-    examples = bench.train_examples("vqav2")  # counting and yes/no: the answer is not in the question
+    examples = bench.train_examples("imagenet")  # naming the shape: the answer is not in the question
     accelerator = Accelerator(cpu=True)
-    train_task(model, method, Task(0, "vqav2"), examples, collator.train_batch, train, accelerator)
+    train_task(model, method, Task(0, "imagenet"), examples, collator.train_batch, train, accelerator)
     batch = collator.train_batch(examples[:48])
     losses = {}
     with torch.no_grad():
