@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from branchlora.data import world
+from branchlora.data.collate import pad
 
 
 class PerceptionHeads(nn.Module):
-    """Linear read-outs of the tower's patch features: per patch (kind, colour), per image (words, degraded)."""
+    """Linear read-outs of the tower's patch features: per patch (kind, colour, word), per image (words, degraded)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -163,8 +164,6 @@ def readback(model: nn.Module, collator, n: int, *, seed: int, prompt: str = "De
 
     Each fact is scored per scene (all of the scene's shapes, colours, ... must match) over the scenes that
     have it: shape, colour, position and count over scenes with shapes; word over scenes with writing."""
-    from branchlora.data.collate import pad
-
     rng = random.Random(f"readback/{seed}")
     scenes = [world.random_scene(rng, collator.processor.image_processor.crop_size["height"], 0.0) for _ in range(n)]
     predicted = []
