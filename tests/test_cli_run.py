@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -38,7 +39,9 @@ def finished_run(tmp_path_factory):
 def test_results_json_follows_the_contract(finished_run):
     root, result = finished_run
     data = json.loads((root / "out" / "results.json").read_text())
-    assert set(data) >= {"benchmark", "methods", "base", "config", "versions"}
+    assert set(data) >= {"benchmark", "methods", "base", "config", "versions", "machine"}
+    assert data["machine"]["device"] == "cpu" and data["machine"]["processes"] == 1
+    assert data["machine"]["threads"] == torch.get_num_threads()  # what the run's timings and sums depend on
     tasks = data["benchmark"]["tasks"]
     assert tasks == ["scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa"]
     for name in ("lora", "branchlora"):

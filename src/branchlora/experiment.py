@@ -47,6 +47,13 @@ def versions() -> dict[str, str]:
             "accelerate": accelerate.__version__, "python": platform.python_version()}  # fmt: skip
 
 
+def machine(accelerator) -> dict:
+    """Where the numbers were measured: timings (and, through float reductions, results) depend on it."""
+    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu"
+    return {"device": device, "threads": torch.get_num_threads(), "processes": accelerator.num_processes,
+            "cpus": os.cpu_count()}  # fmt: skip
+
+
 def use_cpu(config: RunConfig, console: Console) -> bool:
     """Whether to run on the CPU; a device or precision that cannot be honoured fails or is said aloud."""
     cuda = torch.cuda.is_available()
@@ -139,7 +146,7 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
                 runs.append({"seed": seed, "order": order, "methods": results})
     base_summary = {"name": info["name"], "pretrain_seconds": info.get("pretrain_seconds", 0.0),
                     "caption_loss": info.get("caption_loss")}  # fmt: skip
-    return write_outputs(out, bench.name, runs, base_summary, settings, versions())
+    return write_outputs(out, bench.name, runs, base_summary, settings, versions(), machine(accelerator))
 
 
 def plan_experiment(

@@ -27,21 +27,23 @@ def repeats(runs: list[dict], method: str) -> dict:
                                for m, v in values.items()}}  # fmt: skip
 
 
-def build_results(bench: str, runs: list[dict], base: dict, config: dict, versions: dict) -> dict:
+def build_results(bench: str, runs: list[dict], base: dict, config: dict, versions: dict, machine: dict) -> dict:
     methods = {}
     for name, first in runs[0]["methods"].items():
         methods[name] = dict(first)
         if len(runs) > 1:
             methods[name]["repeats"] = repeats(runs, name)
     results = {"benchmark": {"name": bench, "tasks": runs[0]["order"]}, "methods": methods, "base": base,
-               "config": config, "versions": versions}  # fmt: skip
+               "config": config, "versions": versions, "machine": machine}  # fmt: skip
     if len(runs) > 1:
         results["runs"] = runs
     return results
 
 
-def write_outputs(out: Path, bench: str, runs: list[dict], base: dict, config: dict, versions: dict) -> dict:
-    results = build_results(bench, runs, base, config, versions)
+def write_outputs(
+    out: Path, bench: str, runs: list[dict], base: dict, config: dict, versions: dict, machine: dict
+) -> dict:
+    results = build_results(bench, runs, base, config, versions, machine)
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     tasks = results["benchmark"]["tasks"]
@@ -124,5 +126,6 @@ def render_report(results: dict) -> str:
               "| method | ACC | MAA | BWT | tunable |", "|---|---|---|---|---|"]  # fmt: skip
     for name, (a, m, b, p) in PAPER_COIN_7B.items():
         lines.append(f"| {name} | {_fmt(a)} | {_fmt(m)} | {_fmt(b)} | {p or '-'} |")
-    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}", ""]
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
+              f"Machine: {', '.join(f'{k} {v}' for k, v in results['machine'].items())}", ""]  # fmt: skip
     return "\n".join(lines)
