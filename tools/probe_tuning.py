@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 
 import torch
 
+from branchlora.adapters.config import LLAVA_TARGETS
 from branchlora.data import world
 from branchlora.data.collate import Collator
 from branchlora.data.minicoin import GENERATORS, TASKS, MiniCoinOptions
 from branchlora.models.loading import load_base
-
-LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 def items(task: str, seed: int, n: int) -> tuple[list, list[str], list[str]]:
@@ -53,10 +53,10 @@ def main() -> None:
     if args.tuning == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules=LINEARS))
-    else:
+        model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules=LLAVA_TARGETS))
+    else:  # the very Linears the adapters wrap (the `llava` target preset), trained whole
         for name, p in model.named_parameters():
-            p.requires_grad = "language_model" in name and name.endswith("proj.weight")
+            p.requires_grad = re.fullmatch(LLAVA_TARGETS, name.removesuffix(".weight")) is not None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
     train, held_out = items(args.task, 0, 300), items(args.task, 1, 64)

@@ -84,8 +84,7 @@ def text_batch(collator: Collator, rng: random.Random, n: int, image_size: int) 
     it: without it the embeddings and output rows of every word outside the captions stay random."""
     opts = MiniCoinOptions(instructions="10type", image_size=image_size)
     lines = [rng.choice(task_words(rng, opts)) for _ in range(n)]
-    rows = [collator.with_bos(collator.tokenizer(t, add_special_tokens=False).input_ids) + [collator.eos_id]
-            for t in lines]  # fmt: skip
+    rows = [collator.with_bos(collator.tokens(t)) + [collator.eos_id] for t in lines]
     batch = pad(rows, collator.pad_id, left=False)
     batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
     return batch
