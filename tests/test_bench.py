@@ -13,7 +13,8 @@ from branchlora.bench import BenchSizes, run_bench
 TOY = BenchSizes(
     shapes=((32, 48),), tokens=(2, 8), warmup=1, repeats=2, whole_warmup=0, whole_repeats=1, r=16, n=4, k=2,
     hidden=32, ffn=48, step_tokens=(2, 8), step_warmup=0, step_repeats=1,
-    gen_hidden=32, gen_ffn=48, gen_layers=1, gen_prompt=4, gen_new=2, gen_repeats=1,
+    gen_hidden=32, gen_ffn=48, gen_layers=1, gen_prompt=4, gen_new=2, gen_repeats=1, max_rounds=3,
+    layer_cap_s=5.0, step_cap_s=5.0, gen_cap_s=5.0,
 )  # fmt: skip
 
 
@@ -36,6 +37,15 @@ def test_bench_reports_every_method_and_ratio():
         "merged_generation_vs_base",
     }
     assert all(v > 0 for v in result["ratios"].values())
+    for name, interval in result["intervals"].items():  # every ratio comes with its interval
+        assert interval["low"] <= result["ratios"][name] <= interval["high"] and 1 <= interval["rounds"] <= 3
+    assert set(result["comparisons"]) == {"layer", "step", "generation"}
+    # Op counts per wrapped Linear (forward + backward) and per training step, for every method.
+    layer_ops, step_ops = result["ops"]["layer"], result["ops"]["step"]
+    assert set(layer_ops) == {"peft_lora", "lora", "moelora", "hydralora", "branchlora"}
+    assert set(step_ops) == {"frozen", "lora", "moelora", "branchlora"}
+    assert all(0 < ops["kernel_ops"] < ops["aten_ops"] for ops in [*layer_ops.values(), *step_ops.values()])
+    assert step_ops["frozen"]["aten_ops"] < step_ops["lora"]["aten_ops"]
     assert set(result["audit"]) == {"frozen", "lora", "moelora", "branchlora"} and result["check"]["routing_agrees"]
 
 
@@ -103,3 +113,49 @@ def test_kernel_times_are_a_separate_last_pass(monkeypatch):
     assert result["layer"]["linear"]["adapter_device_ms"] == 0.0 and result["step"]["moelora"]["device_ms"] == 2.0
     assert result["ratios"]["branchlora_vs_moelora_layer_device"] == 1.0
     assert len(calls) == len(TOY.shapes) * (2 * 6 - 1) + 4  # whole + adapter per method (linear: whole), 4 steps
+
+
+def test_op_audit_counts_by_hand():
+    from branchlora.bench.ops import count_ops
+
+    x = torch.randn(4, 4)
+    # mm and sum run kernels; t is a view: 3 aten ops, 2 kernels.
+    assert count_ops(lambda: (x @ x).t().sum()) == {"aten_ops": 3, "kernel_ops": 2}
+
+
+def test_training_optimizer_matches_torch_default_with_fewer_ops():
+    """The loop's fused AdamW gives torch's default (a loop over parameters on a CPU) results and issues far
+    fewer ops for BranchLoRA's many small parameters."""
+    from branchlora.bench.ops import count_ops
+    from branchlora.train import make_optimizer
+
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(16, 4)) for _ in range(10)]
+    grads = [torch.randn_like(p) for p in params]
+    copies = [nn.Parameter(p.detach().clone()) for p in params]
+    ours = make_optimizer([{"params": params, "lr": 1e-2}], 0.0)
+    reference = torch.optim.AdamW([{"params": copies, "lr": 1e-2}], weight_decay=0.0, foreach=False)
+    assert ours.defaults["fused"]
+
+    def step(ps, optimizer):
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+
+    ops, reference_ops = count_ops(lambda: step(params, ours)), count_ops(lambda: step(copies, reference))
+    for p, q in zip(params, copies, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert ops["aten_ops"] * 4 < reference_ops["aten_ops"]
+
+
+def test_loop_bench_compares_like_with_like():
+    """`bench --loop` at toy size: both loops train the same parameters (LoRA on the same Linears plus the
+    projector), every variant is timed, and the ratios come with intervals."""
+    from branchlora.bench.loop import LoopSizes, bench_loop
+
+    result = bench_loop(LoopSizes(steps=3, batch_size=4, warmup=0, least=2, cap_s=0.0))
+    assert result["rounds"] == 2 and set(result["seconds_per_step"]) == {"peft_lora", "lora", "branchlora"}
+    assert result["tunable"]["lora"] == result["tunable"]["peft_lora"] > result["tunable"]["branchlora"] > 0
+    assert all(t["median_ms"] > 0 for t in result["seconds_per_step"].values())
+    for name in ("lora_vs_peft_loop", "branchlora_vs_peft_loop"):
+        assert result["intervals"][name]["low"] <= result["ratios"][name] <= result["intervals"][name]["high"]

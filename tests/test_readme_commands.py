@@ -133,9 +133,13 @@ def test_readme_command(command, world, tmp_path, monkeypatch):
     if "--device cuda" in command and not torch.cuda.is_available():
         pytest.skip("needs a GPU")
     if command.startswith("branchlora bench"):
+        from branchlora.bench.loop import LoopSizes
         from test_bench import TOY
 
         monkeypatch.setattr("branchlora.cli.bench.QUICK", TOY)  # the README's command at toy sizes
+        monkeypatch.setattr(
+            "branchlora.bench.loop.DEFAULT", LoopSizes(steps=3, batch_size=4, warmup=0, least=2, cap_s=0)
+        )
     result = runner.invoke(app, as_run(command, world, tmp_path), env={"BRANCHLORA_CACHE": str(world["cache"])})
     if command in REFUSED:
         assert result.exit_code == 2 and REFUSED[command] in " ".join(result.output.split()), result.output

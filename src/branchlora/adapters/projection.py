@@ -28,7 +28,9 @@ def dropout_mask(x: torch.Tensor, p: float, packed: bool | None = None) -> tuple
     if not (x.device.type == "cpu" if packed is None else packed):
         return torch.empty_like(x, dtype=torch.bool).bernoulli_(p), 1 / (1 - p)
     bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-    return bits.view(torch.int16)[: x.numel()].view(x.shape) < drop - 32768, 65536 / (65536 - drop)
+    draws = bits.view(torch.int16)
+    draws = draws if draws.numel() == x.numel() else draws[: x.numel()]  # no slice op in the common case
+    return draws.view(x.shape) < drop - 32768, 65536 / (65536 - drop)
 
 
 class DroppedProjection(torch.autograd.Function):
@@ -43,7 +45,7 @@ class DroppedProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, dropped, rows):
-        xd = x if dropped is None else torch.where(dropped, 0.0, x)
+        xd = x if dropped is None else x.masked_fill(dropped, 0.0)
         z = xd @ weight.t()  # (..., r)
         ctx.save_for_backward(x, weight, dropped, rows)
         return z, None if rows is None else x.view(-1, x.shape[-1]).index_select(0, rows)
@@ -55,7 +57,7 @@ class DroppedProjection(torch.autograd.Function):
         dx = dweight = xd = None
         d_in, dz = x.shape[-1], dz.reshape(-1, dz.shape[-1])  # (T, r)
         if ctx.needs_input_grad[1]:
-            xd = x if dropped is None else torch.where(dropped, 0.0, x)  # recomputed: only the mask was kept
+            xd = x if dropped is None else x.masked_fill(dropped, 0.0)  # recomputed: only the mask was kept
             dweight = (dz.t() @ xd.view(-1, d_in).to(dz.dtype)).to(weight.dtype)  # (r, d_in)
         if ctx.needs_input_grad[0]:
             reuse = xd is not None and xd is not x and xd.dtype == dz.dtype  # our buffer, no longer needed

@@ -8,38 +8,13 @@ any device, so the same audit runs in the test suite on a CPU and in `branchlora
 from __future__ import annotations
 
 import copy
-from collections import Counter
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from branchlora.adapters import AdapterConfig, BranchLoRA, inject_adapters, routing_context
+from branchlora.bench.ops import OpAudit
 from branchlora.bench.step import SEVEN, build_stack
-
-# Ops that read a device value on the host (item, tolist, bool) or whose output size depends on data.
-SYNCING = {"_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "masked_select"}
-MATMULS = {"mm", "bmm", "addmm", "baddbmm", "addbmm"}
-
-
-class OpAudit(TorchDispatchMode):
-    """Counts the ops that make the host wait for the device (on a GPU; counted alike on a CPU) and the
-    matmul FLOPs by operand dtype."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.syncs: Counter[str] = Counter()
-        self.matmul_flops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__.rstrip("_")
-        if name in SYNCING:
-            self.syncs[name] += 1
-        elif name in MATMULS:
-            a = args[1] if name.startswith(("addmm", "baddbmm", "addbmm")) else args[0]  # (..., m, k)
-            self.matmul_flops[str(a.dtype).removeprefix("torch.")] += 2 * out.numel() * a.shape[-1]
-        return out
 
 
 def audit_step(method: str, device: torch.device, sizes) -> dict:

@@ -14,8 +14,9 @@ from torch import nn
 
 from branchlora.adapters import AdapterConfig, adapter_layers, inject_adapters, routing_context
 from branchlora.adapters.merged import merge_task
+from branchlora.bench.interleave import interleave
 from branchlora.bench.step import SEVEN, build_stack
-from branchlora.bench.timing import summarise, sync
+from branchlora.bench.timing import sync
 
 
 def generate(model: nn.Module, prompt: torch.Tensor, sizes, device: torch.device) -> tuple[float, torch.Tensor]:
@@ -30,23 +31,8 @@ def generate(model: nn.Module, prompt: torch.Tensor, sizes, device: torch.device
     return time.perf_counter() - t0, ids
 
 
-def time_generate(models: dict[str, nn.Module], prompt: torch.Tensor, sizes, device: torch.device) -> dict:
-    """{name: tokens/s and spread}, the models taking turns each round so drifting load hits all alike."""
-    seconds: dict[str, list[float]] = {name: [] for name in models}
-    ids = {}
-    for i in range(1 + sizes.gen_repeats):  # round 0 warms up
-        for name, model in models.items():
-            s, ids[name] = generate(model, prompt, sizes, device)
-            if i:
-                seconds[name].append(s)
-    results = {}
-    for name, values in seconds.items():
-        stats = summarise(values)
-        results[name] = {"tokens_per_s": sizes.gen_new * prompt.shape[0] / (stats["median_ms"] / 1e3), **stats}
-    return results, ids
-
-
-def bench_generation(sizes, device: torch.device, dtype: torch.dtype) -> dict:
+def bench_generation(sizes, device: torch.device, dtype: torch.dtype) -> tuple[dict, dict]:
+    """({base, branchlora_unmerged, branchlora_merged: tokens/s ...}, the interleaved comparison)."""
     model = build_stack(sizes.gen_hidden, sizes.gen_ffn, sizes.gen_layers, device, dtype).eval()
     prompt = torch.randint(2, 1024, (1, sizes.gen_prompt), generator=torch.Generator().manual_seed(0))
     prompt[:, 0] = 1  # BOS first, as a tokenizer writes it: first-token routing is then fixed per task
@@ -62,10 +48,17 @@ def bench_generation(sizes, device: torch.device, dtype: torch.dtype) -> dict:
     merged = copy.deepcopy(model)
     merge_task(merged, 0, {"input_ids": prompt})
     models = {"base": base, "branchlora_unmerged": model, "branchlora_merged": merged}
-    results, ids = time_generate(models, prompt, sizes, device)
+    ids = {name: generate(m, prompt, sizes, device)[1] for name, m in models.items()}
+    samplers = {name: lambda m=m: generate(m, prompt, sizes, device)[0] for name, m in models.items()}
+    comparison = interleave(samplers, GENERATION_RATIOS, sizes.schedule(1, sizes.gen_repeats, sizes.gen_cap_s))
+    tokens = sizes.gen_new * prompt.shape[0]
     return {
         "model": f"random LLaMA, hidden {sizes.gen_hidden}, FFN {sizes.gen_ffn}, {sizes.gen_layers} layers, "
         f"prompt {sizes.gen_prompt}, {sizes.gen_new} new tokens, batch 1, greedy",
-        **results,
+        **{name: {"tokens_per_s": tokens / (t["median_ms"] / 1e3), **t} for name, t in comparison["times"].items()},
         "merged_equals_unmerged": bool(torch.equal(ids["branchlora_unmerged"], ids["branchlora_merged"])),
-    }
+    }, comparison
+
+
+# In time per generation base / merged: the merged model's tokens per second relative to the base's.
+GENERATION_RATIOS = {"merged_generation_vs_base": ("base", "branchlora_merged")}
