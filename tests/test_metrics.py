@@ -19,8 +19,20 @@ def test_hand_computed_values():
     assert bwt(R) == pytest.approx(((40 - 80) + (70 - 90)) / 2)
     assert mft(R) == pytest.approx((80 + 90 + 70) / 3)
     assert fwt(R) == pytest.approx(((30 - 20) + (20 - 5)) / 2)
-    # task 1: best of R1, R2 = 80 -> 40; task 2: best of R2 = 90 -> 70
+    # task 1: best of R1, R2 = 80 -> 40; task 2: best of R1, R2 = 90 -> 70
     assert forgetting(R) == pytest.approx((40 + 20) / 2)
+
+
+def test_forgetting_takes_the_best_over_every_earlier_row():
+    """Chaudhry et al.'s definition: the rows before a task was learned count too (row 0, the untrained
+    model, does not).  Task 2 scores 95 after task 1 (forward transfer), 60 after learning it, 50 at the end."""
+    R = [
+        [99.0, 99.0, 0.0],
+        [80.0, 95.0, 0.0],
+        [70.0, 60.0, 0.0],
+        [50.0, 50.0, 90.0],
+    ]
+    assert forgetting(R) == pytest.approx(((80 - 50) + (95 - 50)) / 2)  # not (60 - 50) for task 2
 
 
 def test_no_forgetting_and_single_task():

@@ -85,7 +85,9 @@ def render_report(results: dict) -> str:
         f"Base: `{base['name']}` (caption loss {_fmt(base.get('caption_loss'), 3)}, pre-training "
         f"{_fmt(base['pretrain_seconds'], 0)} s in this run). Tasks in order: {', '.join(tasks)}.",
         "Scores are percentages; ACC = mean after the last task, MAA = mean average accuracy, BWT = backward "
-        "transfer (negative = forgetting), MFT = score right after learning, FWT = forward transfer.",
+        "transfer (negative = forgetting), MFT = score right after learning, FWT = forward transfer, forgetting "
+        "= mean over earlier tasks of (best score after any task before the last) - (final score) (Chaudhry et "
+        "al., 2018).",
         "",
         "| method | ACC | MAA | BWT | MFT | FWT | forgetting | tunable | selector | train s | eval s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

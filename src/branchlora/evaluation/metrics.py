@@ -49,11 +49,15 @@ def fwt(R: Matrix) -> float:
 
 
 def forgetting(R: Matrix) -> float:
-    """Mean over i < T of the drop from the best earlier score on task i to its final score."""
+    """Average forgetting (Chaudhry et al., 2018): mean over i < T of max_{l = 1..T-1} R[l][i] - R[T][i].
+
+    The best score on task i is taken over every row after a task was trained (1..T-1), the rows before task
+    i was learned included, as in the CL literature and CoIN's tables; row 0 (the untrained model) is not.
+    """
     T = _check(R)
     if T == 1:
         return 0.0
-    return mean(max(R[l][i - 1] for l in range(i, T)) - R[T][i - 1] for i in range(1, T))
+    return mean(max(R[l][i - 1] for l in range(1, T)) - R[T][i - 1] for i in range(1, T))
 
 
 METRICS = {"acc": acc, "maa": maa, "bwt": bwt, "mft": mft, "fwt": fwt, "forgetting": forgetting}
