@@ -163,6 +163,34 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_grows():
     assert 0 < near < far and far == pytest.approx(0.5)
 
 
+def test_ewc_fisher_is_the_mean_of_per_sample_squared_gradients(base):
+    """The Fisher does not depend on the batch size: with padded batches of 6 (two tasks' prompts of
+    different lengths) it equals the mean of squared gradients of each example collated alone."""
+    from accelerate import Accelerator
+
+    from branchlora.methods.ewc import empirical_fisher
+    from branchlora.train import TaskRunner
+
+    _, model, stream = base
+    model = fresh(model)
+    get_method("ewc")(LORA).setup(model)
+    model.eval()  # no dropout: the gradients are deterministic
+    examples = stream.train[0][:3] + stream.train[1][:3]
+    collate, accelerator = stream.collator.train_batch, Accelerator(cpu=True)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    batched = empirical_fisher(model, params, TaskRunner(examples, collate, None, accelerator, 6), 0)
+    assert len({len(collate([x])["input_ids"][0]) for x in examples}) > 1  # the batch really was padded
+    reference = {n: torch.zeros_like(p) for n, p in params.items()}
+    for example in examples:
+        model.zero_grad(set_to_none=True)
+        model(**{k: v for k, v in collate([example]).items() if k in ("input_ids", "attention_mask", "pixel_values",
+                                                                        "labels")}).loss.backward()  # fmt: skip
+        for n, p in params.items():
+            reference[n] += p.grad.square() / len(examples)
+    for n in params:
+        torch.testing.assert_close(batched[n], reference[n], rtol=1e-4, atol=1e-10)
+
+
 def test_lwf_term_is_zero_when_student_equals_teacher():
     logits = torch.randn(2, 5, 11)
     mask = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)

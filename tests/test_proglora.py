@@ -114,6 +114,15 @@ def test_static_and_dynamic_task_identity(trained, base):
     assert static.eval_task_ids(None, {}, Task(2, "shape")) == 0  # one key so far: recall task 0
 
 
+def test_published_variant_trains_the_keys_without_the_identity_loss(trained, base, tmp_path):
+    """`proglora-published` is the paper's method: the keys learn only through the task loss."""
+    assert "loss_identity" in trained[2].stats[1] and "loss_identity" not in trained[2].stats[0]
+    method, _, result, _ = run_toy("proglora-published", ADAPTER, base, tmp_path)
+    assert method.options.identity_weight == 0.0
+    assert all(set(stats) & {"loss_task", "loss_identity"} == {"loss_task"} for stats in result.stats)
+    assert len(method.prototypes) == 3 and method.allocator.n_keys == 3
+
+
 def test_checkpoint_restores_every_key_block_and_output(trained, base):
     method, model, _, out = trained
     restored_method, restored = get_method("proglora")(ADAPTER), fresh(base[0])

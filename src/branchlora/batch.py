@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
@@ -10,3 +12,12 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The keys of a batch that the model's forward takes."""
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def samples(batch: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+    """Each row of a batch as a batch of one, its padding removed: the tokens (and labels) where the
+    attention mask is 1, so that the sample is exactly what a batch of one would have held."""
+    mask = batch["attention_mask"]
+    for i in range(mask.shape[0]):
+        keep = mask[i].bool()
+        yield {k: (v[i : i + 1, keep] if v.shape[:2] == mask.shape else v[i : i + 1]) for k, v in batch.items()}

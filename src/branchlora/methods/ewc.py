@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from branchlora.batch import samples
 from branchlora.methods.base import Method, MethodOptions, StepContext, Task, TaskRun
 from branchlora.methods.registry import register_method
 
@@ -20,12 +21,34 @@ def ewc_penalty(params: Tensors, anchors: Tensors, fisher: Tensors) -> torch.Ten
     return torch.stack(terms).sum()
 
 
+def empirical_fisher(model: nn.Module, params: dict[str, nn.Parameter], run: TaskRun, max_batches: int) -> Tensors:
+    """The diagonal empirical Fisher: the mean over samples of each sample's squared loss gradient.
+
+    Per sample, not per batch: the square of a batch-mean gradient is smaller by about the batch size (and
+    would make lambda depend on it).  One forward and backward per sample, at task end only.
+    """
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    n = 0
+    for i, batch in enumerate(run.batches()):
+        if max_batches and i >= max_batches:
+            break
+        for sample in samples(batch):
+            model.zero_grad(set_to_none=True)
+            run.forward(model, sample).loss.backward()
+            for name, p in params.items():
+                if p.grad is not None:
+                    fisher[name] += p.grad.detach().square()
+            n += 1
+    model.zero_grad(set_to_none=True)
+    return {name: f / max(n, 1) for name, f in fisher.items()}
+
+
 @dataclass
 class EWCOptions(MethodOptions):
     ewc_lambda: float = field(default=1000.0, metadata={"help": "weight lambda of (lambda/2) sum F (d theta)^2"})
     mode: str = field(default="separate", metadata={"help": "separate (a term per task) or online"})
     gamma: float = field(default=1.0, metadata={"help": "online mode: decay of the old Fisher"})
-    fisher_batches: int = field(default=0, metadata={"help": "batches for the Fisher (0: all)"})
+    fisher_batches: int = field(default=0, metadata={"help": "batches for the Fisher (0: all); per-sample gradients"})
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types and ranges of every field
@@ -51,19 +74,8 @@ class EWC(Method):
 
     def on_task_end(self, model: nn.Module, task: Task, run: TaskRun) -> None:
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-        n_batches = 0
-        for i, batch in enumerate(run.batches()):
-            if self.options.fisher_batches and i >= self.options.fisher_batches:
-                break
-            model.zero_grad(set_to_none=True)
-            run.forward(model, batch).loss.backward()
-            for n, p in params.items():
-                if p.grad is not None:
-                    fisher[n] += p.grad.detach().square()
-            n_batches += 1
-        model.zero_grad(set_to_none=True)
-        fisher = {n: run.mean(f / max(n_batches, 1)) for n, f in fisher.items()}  # one Fisher for every process
+        fisher = empirical_fisher(model, params, run, self.options.fisher_batches)
+        fisher = {n: run.mean(f) for n, f in fisher.items()}  # one Fisher for every process
         anchors = {n: p.detach().clone() for n, p in params.items()}
         if self.options.mode == "online" and self.terms:
             old = self.terms[0][1]

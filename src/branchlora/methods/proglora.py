@@ -16,7 +16,8 @@ Interpretations (the paper's text was not available; see research/baselines.md):
   weight `identity_weight`) pulls the current task's queries to key t, and, so that the shared query
   MLP does not forget older tasks, the stored mean pooled embedding of each earlier task (one d-vector
   per task, no data) to its own key.  At task 1 a softmax over one key is constant: its gradient is
-  zero by the math, not because routing is cut from the graph.
+  zero by the math, not because routing is cut from the graph.  The identity loss is ours: the paper's
+  keys learn through the task loss alone, which `proglora-published` (identity_weight 0) reproduces.
 """
 
 from __future__ import annotations
@@ -143,3 +144,8 @@ class ProgLoRAMethod(Method):
 @register_method("proglora-static", "ProgLoRA (static): the true task id picks the recalled blocks")
 class StaticProgLoRA(ProgLoRAMethod):
     option_defaults = {"task_identity": "oracle"}
+
+
+@register_method("proglora-published", "ProgLoRA (dynamic) as published: no identity loss on the keys")
+class PublishedProgLoRA(ProgLoRAMethod):
+    option_defaults = {"identity_weight": 0.0}
