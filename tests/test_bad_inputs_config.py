@@ -50,6 +50,7 @@ def accepted(args: list[str], cache: Path) -> str:
         (["--set", "train.max_steps=abc"], ["train.max_steps", "'abc'"]),
         (["--set", "train.max_steps=-5"], ["train.max_steps", "-5"]),
         (["--set", "eval.limit=-1"], ["eval.limit", "-1"]),
+        (["--set", "replay.size=-2"], ["replay.size", "-2"]),
         (["--set", "train.lr=0"], ["train.lr", "must be > 0"]),
         (["--set", "train.lr=nan"], ["train.lr", "finite"]),
         (["--set", "seeds=abc"], ["seeds[0]", "'abc'"]),

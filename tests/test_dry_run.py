@@ -19,3 +19,15 @@ def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path, monkeypatc
     assert plan["methods"]["lora"] == {"tunable": lora + projector, "steps": 8 * 12}
     assert plan["methods"]["multitask"]["steps"] == 8 * 12  # the joint bound: the stream's budget, on the union
     assert plan["base"]["sizes"]["hidden"] == 192 and not (tmp_path / "out").exists()
+
+
+def test_the_plan_counts_replayed_items_in_epoch_budgets(tmp_path, monkeypatch):
+    """With steps from epochs, task t trains on its items plus replay.size items of each earlier task."""
+    monkeypatch.setenv("BRANCHLORA_CACHE", str(tmp_path / "cache"))
+    sets = ["benchmark_options={train_size: 4, test_size: 3}", "methods=lora,multitask", "train.max_steps=0",
+            "train.epochs=1", "train.batch_size=2", "replay.size=3"]  # fmt: skip
+    config = load_config("quick", None, [parse_override(s) for s in [*sets, f"out={tmp_path / 'out'}"]])
+    plan = plan_experiment(config, console=Console(file=io.StringIO()))
+    # task t: 4 + 3 t items, ceil((4 + 3 t) / 2) steps; the joint bound replays nothing
+    assert plan["methods"]["lora"]["steps"] == sum(-(-(4 + 3 * t) // 2) for t in range(8))
+    assert plan["methods"]["multitask"]["steps"] == 8 * 2

@@ -191,6 +191,45 @@ def test_ewc_fisher_is_the_mean_of_per_sample_squared_gradients(base):
         torch.testing.assert_close(batched[n], reference[n], rtol=1e-4, atol=1e-10)
 
 
+def test_replay_items_are_fixed_per_task():
+    from branchlora.replay import replay_items
+
+    train = [list(range(10)), list(range(100, 103)), list(range(200, 210))]
+    kept = replay_items(train, 2, 4, seed=0)
+    assert len(kept) == 4 + 3 and len(set(kept[:4])) == 4 and set(kept[:4]) <= set(train[0])
+    assert set(kept[4:]) == set(train[1])  # a task with fewer items than `size` gives them all
+    assert replay_items(train, 2, 4, seed=0) == kept  # a resumed run draws the same items
+    assert replay_items(train, 3, 4, seed=0)[:7] == kept and replay_items(train, 0, 4, seed=0) == []
+    assert replay_items(train, 2, 4, seed=1) != kept
+
+
+def test_replay_joins_training_but_not_the_task_end(base, monkeypatch):
+    """Replayed items are in the training batches; the task-end hook sees the task's own examples only."""
+    from accelerate import Accelerator
+
+    from branchlora.methods.seqft import SequentialLoRA
+    from branchlora.train import train_task
+
+    _, model, stream = base
+    model = fresh(model)
+    method = get_method("lora")(LORA)
+    method.setup(model)
+    seen, ended = [], []
+    monkeypatch.setattr(
+        SequentialLoRA, "on_task_end", lambda self, model, task, run: ended.extend(run.examples), raising=False
+    )
+
+    def collate(items):
+        seen.extend(items)
+        return stream.collator.train_batch(items)
+
+    own, replay = stream.train[1][:8], stream.train[0][:4]
+    config = TrainConfig(max_steps=3, batch_size=4)
+    train_task(model, method, Task(1, "b"), own, collate, config, Accelerator(cpu=True), replay=replay)
+    assert {id(x) for x in seen} == {id(x) for x in own + replay}  # 12 items, 3 batches of 4: each seen once
+    assert ended == own
+
+
 def test_lwf_term_is_zero_when_student_equals_teacher():
     logits = torch.randn(2, 5, 11)
     mask = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)

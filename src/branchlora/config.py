@@ -25,6 +25,7 @@ from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.methods import get_method
 from branchlora.models.pretrain import PretrainConfig
 from branchlora.models.tiny import TinyConfig
+from branchlora.replay import ReplayConfig
 from branchlora.train import TrainConfig
 from branchlora.typed import ConfigError, build, check_fields, checked
 
@@ -73,6 +74,7 @@ class RunConfig:
     )
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training (see train.*)"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation (see eval.*)"})
+    replay: ReplayConfig = field(default_factory=ReplayConfig, metadata={"help": "experience replay (see replay.*)"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "repeat the run for each seed", "min": 0})
     orders: list[list[str]] = field(
         default_factory=list, metadata={"help": "task orders to run (empty: the benchmark's order)"}

@@ -30,6 +30,7 @@ from branchlora.evaluation.metrics import all_metrics
 from branchlora.files import CheckpointError, JsonLines, check_tensors, read_json, read_tensors, read_torch, require
 from branchlora.methods.base import Method, Task
 from branchlora.models.parts import projector
+from branchlora.replay import replay_items
 from branchlora.selector import confusion
 from branchlora.train import TrainConfig, train_task
 
@@ -112,6 +113,7 @@ def run_method(
     out_dir: Path,
     *,
     resume: bool = False,
+    replay: int = 0,
     accelerator: Accelerator | None = None,
     on_step: StepCallback | None = None,
     checkpoint_info: dict | None = None,
@@ -138,8 +140,9 @@ def run_method(
         task = Task(index, name)
         step = (lambda s, n, losses, _name=name: on_step(_name, s, n, losses)) if on_step else None
         t0 = time.perf_counter()
+        kept = replay_items(data.train, index, replay, train_config.seed) if replay and not method.joint else []
         stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step,
-                           lambda record, _name=name: log("step", task=_name, **record))  # fmt: skip
+                           lambda record, _name=name: log("step", task=_name, **record), replay=kept)  # fmt: skip
         if index == 0:  # counted as the papers count: what trains on the first task
             result.tunable, result.total = stats["tunable"], sum(p.numel() for p in model.parameters())
         result.train_seconds += time.perf_counter() - t0

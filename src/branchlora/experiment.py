@@ -137,7 +137,7 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
                                        "run": identity, "config": settings}  # fmt: skip
                     result = run_method(
                         method, model, data, replace(config.train, seed=seed), config.eval, folder / name,
-                        resume=resume, accelerator=accelerator, on_step=display.on_step,
+                        resume=resume, replay=config.replay.size, accelerator=accelerator, on_step=display.on_step,
                         checkpoint_info=checkpoint_info,
                     )  # fmt: skip
                     results[name] = result.to_json(len(order))
@@ -170,12 +170,12 @@ def plan_experiment(
     tasks = [{"task": name, "train": len(bench.train_examples(name)), "test": len(bench.test_examples(name, limit)),
               "steps": config.train.steps(len(bench.train_examples(name)))} for name in names]  # fmt: skip
     sizes = [len(bench.train_examples(name)) for name in orders[0]]
+    replayed = [sum(min(config.replay.size, n) for n in sizes[:i]) for i in range(len(sizes))]  # earlier tasks' items
+    sequential = sum(config.train.steps(n + r) for n, r in zip(sizes, replayed, strict=True))
     methods = {}
     for name in config.methods:
         method = get_method(name)(config.adapter, config.method_options.get(name))
-        steps = (
-            config.train.joint(len(sizes)).steps(sum(sizes)) if method.joint else sum(map(config.train.steps, sizes))
-        )
+        steps = config.train.joint(len(sizes)).steps(sum(sizes)) if method.joint else sequential
         methods[name] = {"tunable": tunable_parameters(make_model(), method, orders[0][0]), "steps": steps}
     base = {"name": config.base, "parameters": sum(p.numel() for p in make_model().parameters())}
     if config.base == "tiny":

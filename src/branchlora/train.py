@@ -128,8 +128,12 @@ def train_task(
     accelerator: Accelerator,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     on_log: Callable[[dict[str, float]], None] | None = None,
+    replay: Sequence = (),
 ) -> dict[str, float]:
     """Train one task: a fresh optimizer and schedule, the method's losses, gradient accumulation.
+
+    `replay` (earlier tasks' items) joins the task's examples in training only: the task-end hook sees the
+    task's own examples.
 
     `on_step(step, total, losses)` follows progress on every step (losses as last read); `on_log` gets
     {"step", "lr", "loss_<name>"...} on each step whose losses are read.  A non-finite loss, or
@@ -139,8 +143,9 @@ def train_task(
     groups = param_groups(model, method, config)
     tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # what this task trains
     generator = torch.Generator().manual_seed(config.seed * 1000 + task.index)
-    loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
-    updates = config.steps(len(examples))
+    mixed = [*examples, *replay] if replay else examples
+    loader = DataLoader(mixed, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    updates = config.steps(len(mixed))
     optimizer = make_optimizer(groups, config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
     if accelerator.distributed_type == DistributedType.NO:  # one process: the model needs no wrapper
