@@ -20,4 +20,4 @@ def samples(batch: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]
     mask = batch["attention_mask"]
     for i in range(mask.shape[0]):
         keep = mask[i].bool()
-        yield {k: (v[i : i + 1, keep] if v.shape[:2] == mask.shape else v[i : i + 1]) for k, v in batch.items()}
+        yield {k: (v[i : i + 1, keep] if v.shape == mask.shape else v[i : i + 1]) for k, v in batch.items()}

@@ -140,7 +140,7 @@ def run_method(
         task = Task(index, name)
         step = (lambda s, n, losses, _name=name: on_step(_name, s, n, losses)) if on_step else None
         t0 = time.perf_counter()
-        kept = replay_items(data.train, index, replay, train_config.seed) if replay and not method.joint else []
+        kept = replay_items(data.train, index, replay, train_config.seed)  # none for task 0 (and the joint bound)
         stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step,
                            lambda record, _name=name: log("step", task=_name, **record), replay=kept)  # fmt: skip
         if index == 0:  # counted as the papers count: what trains on the first task

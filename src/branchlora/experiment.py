@@ -23,6 +23,7 @@ from branchlora.methods import Task, get_method
 from branchlora.models.loading import base_info, load_base_from
 from branchlora.models.tiny import TinyConfig, build_model
 from branchlora.progress import RunDisplay
+from branchlora.replay import replay_items
 from branchlora.report import write_outputs
 from branchlora.rundir import check_out, claimed, is_main_process
 from branchlora.train import make_accelerator
@@ -169,9 +170,12 @@ def plan_experiment(
     limit = config.eval.limit or None
     tasks = [{"task": name, "train": len(bench.train_examples(name)), "test": len(bench.test_examples(name, limit)),
               "steps": config.train.steps(len(bench.train_examples(name)))} for name in names]  # fmt: skip
-    sizes = [len(bench.train_examples(name)) for name in orders[0]]
-    replayed = [sum(min(config.replay.size, n) for n in sizes[:i]) for i in range(len(sizes))]  # earlier tasks' items
-    sequential = sum(config.train.steps(n + r) for n, r in zip(sizes, replayed, strict=True))
+    train = [bench.train_examples(name) for name in orders[0]]
+    sizes = [len(items) for items in train]
+    # Task i trains on its items and the replayed ones of tasks 0..i-1 (how many: the seed does not matter).
+    sequential = sum(
+        config.train.steps(n + len(replay_items(train, i, config.replay.size, 0))) for i, n in enumerate(sizes)
+    )
     methods = {}
     for name in config.methods:
         method = get_method(name)(config.adapter, config.method_options.get(name))

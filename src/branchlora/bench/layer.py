@@ -8,7 +8,6 @@ The adapter paths of all methods are timed interleaved (bench/interleave.py), su
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from torch import nn
 from branchlora.adapters import ADAPTERS, AdapterConfig
 from branchlora.bench.interleave import interleave
 from branchlora.bench.ops import count_ops
-from branchlora.bench.timing import device_ms, saved_mb, summarise, sync, time_fwd_bwd, tunable
+from branchlora.bench.timing import device_ms, fwd_bwd_seconds, saved_mb, summarise, time_fwd_bwd, tunable
 
 METHODS = ("linear", "peft_lora", "lora", "moelora", "hydralora", "branchlora")
 ADAPTED = METHODS[1:]
@@ -90,14 +89,8 @@ def adapter_sampler(shapes: list[Shape], method: str, device: torch.device, log:
     def sample() -> float:
         fwd = bwd = 0.0
         for shape in shapes:
-            sync(device)
-            t0 = time.perf_counter()
-            y = shape.forward(method)
-            sync(device)
-            t1 = time.perf_counter()
-            y.backward(shape.grad)
-            sync(device)
-            fwd, bwd = fwd + t1 - t0, bwd + time.perf_counter() - t1
+            f, b = fwd_bwd_seconds(lambda s=shape: s.forward(method), shape.grad, device)
+            fwd, bwd = fwd + f, bwd + b
         log["fwd"].append(fwd)
         log["bwd"].append(bwd)
         return fwd + bwd

@@ -23,23 +23,30 @@ def summarise(seconds: list[float]) -> dict:
     return {"median_ms": statistics.median(ms), "iqr_ms": q[2] - q[0], "min_ms": ms[0], "n": len(ms)}
 
 
+def fwd_bwd_seconds(
+    forward: Callable[[], torch.Tensor], grad: torch.Tensor, device: torch.device
+) -> tuple[float, float]:
+    """(forward, backward) seconds of one call: forward, then backward given the fixed output gradient `grad`."""
+    sync(device)
+    t0 = time.perf_counter()
+    y = forward()
+    sync(device)
+    t1 = time.perf_counter()
+    y.backward(grad)
+    sync(device)
+    return t1 - t0, time.perf_counter() - t1
+
+
 def time_fwd_bwd(
     forward: Callable[[], torch.Tensor], grad: torch.Tensor, warmup: int, repeats: int, device: torch.device
 ) -> dict:
     """Forward, then backward given the fixed output gradient `grad`, timed apart: {fwd, bwd, total}."""
     fwd, bwd = [], []
     for i in range(warmup + repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        y = forward()
-        sync(device)
-        t1 = time.perf_counter()
-        y.backward(grad)
-        sync(device)
-        t2 = time.perf_counter()
+        f, b = fwd_bwd_seconds(forward, grad, device)
         if i >= warmup:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
+            fwd.append(f)
+            bwd.append(b)
     return {
         "fwd": summarise(fwd),
         "bwd": summarise(bwd),

@@ -12,6 +12,18 @@ from rich.table import Table
 from branchlora.bench import FULL, GPU, QUICK, run_bench
 
 
+def _ratio_table(result: dict) -> Table:
+    """Each ratio with its 95 % interval and rounds ("-" for the GPU kernel-time ratios, which have none)."""
+    table = Table(title="ratios (interleaved; median of per-round ratios, 95 % bootstrap interval)")
+    for col in ("ratio", "estimate", "interval", "rounds"):
+        table.add_column(col, justify="left" if col == "ratio" else "right")
+    for name, value in result["ratios"].items():
+        iv = result["intervals"].get(name)
+        cells = [f"{iv['low']:.3f} - {iv['high']:.3f}", str(iv["rounds"])] if iv else ["-", "-"]
+        table.add_row(name, f"{value:.3f}", *cells)
+    return table
+
+
 def _print_tables(result: dict) -> None:
     console = Console()
     gpu = "adapter_device_ms" in result["layer"]["branchlora"]  # kernel time, measured on a GPU only
@@ -27,7 +39,9 @@ def _print_tables(result: dict) -> None:
         kernel = [f"{row['device_ms']:.2f}", f"{row['adapter_device_ms']:.2f}"] if gpu else []
         layer.add_row(method, *cells, f"{row['tunable']:,}", *ops, *kernel)
     console.print(layer)
-    step = Table(title="training step (2 decoder layers)")
+    step = Table(
+        title=f"training step ({result['sizes']['step_layers']} decoder layer(s) at width {result['sizes']['hidden']})"
+    )
     for col in ["method", "median ms", "iqr ms", "tunable", "aten ops", "kernels"] + (["kernel ms"] if gpu else []):
         step.add_column(col, justify="left" if col == "method" else "right")
     for method, row in result["step"].items():
@@ -46,14 +60,7 @@ def _print_tables(result: dict) -> None:
     console.print(f"BranchLoRA on {result['dtype']} vs float64: max relative error "
                   f"{max(v for k, v in check.items() if k != 'routing_agrees'):.2e}, "
                   f"routing agrees: {check['routing_agrees']}")  # fmt: skip
-    ratios = Table(title="ratios (interleaved; median of per-round ratios, 95 % bootstrap interval)")
-    for col in ("ratio", "estimate", "interval", "rounds"):
-        ratios.add_column(col, justify="left" if col == "ratio" else "right")
-    for name, value in result["ratios"].items():
-        iv = result["intervals"].get(name)
-        cells = [f"{iv['low']:.3f} - {iv['high']:.3f}", str(iv["rounds"])] if iv else ["-", "-"]
-        ratios.add_row(name, f"{value:.3f}", *cells)
-    console.print(ratios)
+    console.print(_ratio_table(result))
     load = result["machine"]["load"]
     console.print(f"{result['machine']['cpus']} CPUs, 1-minute load {load[0]} at start, {load[1]} at end; "
                   + ", ".join(f"{k} {v['rounds']} rounds in {v['seconds']:.0f} s"
@@ -69,8 +76,7 @@ def _print_loop(result: dict) -> None:
         table.add_row(name, f"{t['median_ms']:.1f}", f"{t['iqr_ms']:.1f}", str(t["n"]))
     console = Console()
     console.print(table)
-    for name, iv in result["intervals"].items():
-        console.print(f"{name}: {iv['ratio']:.3f} (95 % interval {iv['low']:.3f} - {iv['high']:.3f})")
+    console.print(_ratio_table(result))
     console.print(f"{result['rounds']} rounds in {result['seconds']:.0f} s, 1-minute load {result['load']}")
 
 
