@@ -16,6 +16,7 @@ from branchlora.data.collate import Collator
 from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.files import CheckpointError, require
 from branchlora.methods import Method, Task, get_method
+from branchlora.methods.base import chosen_tasks
 from branchlora.models.loading import load_base_from
 
 
@@ -80,7 +81,7 @@ def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, m
             pad_token_id=loaded.collator.pad_id, eos_token_id=loaded.collator.eos_id,
         )  # fmt: skip
     answer = loaded.collator.decode(out[:, batch["input_ids"].shape[1] :])[0]
-    chosen = int(task_ids[0]) if isinstance(task_ids, torch.Tensor) else task_ids
+    chosen = (chosen_tasks(task_ids) or [task_ids])[0]
     names = loaded.tasks
     result = {"answer": answer, "task": names[chosen] if chosen is not None and chosen < len(names) else None}
     if scores is not None:

@@ -18,6 +18,7 @@ from branchlora.adapters.lilora import LiLoRA
 from branchlora.adapters.lora import LoRA
 from branchlora.adapters.moelora import MoELoRA
 from branchlora.adapters.proglora import ProgLoRA, TaskAllocator
+from branchlora.adapters.tasklora import TaskLoRA
 
 __all__ = [
     "ADAPTERS",
@@ -31,6 +32,7 @@ __all__ = [
     "ProgLoRA",
     "RoutingContext",
     "TaskAllocator",
+    "TaskLoRA",
     "adapter_layers",
     "find_targets",
     "inject_adapters",

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from branchlora.typed import check_fields
 
-KINDS = ("lora", "moelora", "branchlora", "hydralora", "proglora", "lilora")
+KINDS = ("lora", "moelora", "branchlora", "hydralora", "proglora", "lilora", "tasklora", "hide", "clmoe")
 ROUTING_INPUTS = ("first", "mean", "token")
 INITS = ("gaussian", "kaiming")
 # LLaVA-style preset: the seven Linear types of every language-model layer; never the vision tower
@@ -41,7 +41,7 @@ class AdapterConfig:
             raise ValueError(f"unknown adapter kind {self.kind!r}; valid kinds: {', '.join(KINDS)}")
         if self.r < 1:
             raise ValueError(f"r must be >= 1, got r={self.r}")
-        if self.kind in ("moelora", "branchlora") and self.r % self.n_branches:
+        if self.kind in ("moelora", "branchlora", "clmoe") and self.r % self.n_branches:
             raise ValueError(
                 f"r={self.r} is not divisible by N={self.n_branches}: each of the N branches gets rank r/N"
             )

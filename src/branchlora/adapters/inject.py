@@ -11,15 +11,18 @@ from torch import nn
 
 from branchlora.adapters.base import AdapterLayer, RoutingContext
 from branchlora.adapters.branchlora import BranchLoRA
+from branchlora.adapters.clmoe import CLMoE
 from branchlora.adapters.config import LLAVA_TARGETS, AdapterConfig
+from branchlora.adapters.hide import HiDeLoRA
 from branchlora.adapters.hydralora import HydraLoRA
 from branchlora.adapters.lilora import LiLoRA
 from branchlora.adapters.lora import LoRA
 from branchlora.adapters.moelora import MoELoRA
 from branchlora.adapters.proglora import ProgLoRA
+from branchlora.adapters.tasklora import TaskLoRA
 
 ADAPTERS: dict[str, type[AdapterLayer]] = {
-    cls.kind: cls for cls in (LoRA, MoELoRA, BranchLoRA, HydraLoRA, ProgLoRA, LiLoRA)
+    cls.kind: cls for cls in (LoRA, MoELoRA, BranchLoRA, HydraLoRA, ProgLoRA, LiLoRA, TaskLoRA, HiDeLoRA, CLMoE)
 }
 
 

@@ -28,8 +28,12 @@ class MoELoRA(AdapterLayer):
         self.router = nn.Linear(self.in_features, self.n_experts, bias=False, **f)
         init_down(self.lora_A, config.init)
 
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., E) expert weights of each token: the dense softmax router."""
+        return torch.softmax(self.router(x), dim=-1)
+
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        gates = torch.softmax(self.router(x), dim=-1)  # (..., E)
+        gates = self.gates(x)  # (..., E)
         z, _, keep = self.project(x, self.lora_A)  # (..., E * r/E)
         z = z * gates.repeat_interleave(self.expert_rank, dim=-1)  # expert i's chunk scaled by g_i
         return flat_addmm(out, z, self.lora_B, self.scale * keep)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from branchlora.adapters.base import AdapterLayer, RoutingContext, flat_addmm, init_down
-from branchlora.adapters.config import AdapterConfig
+from branchlora.adapters.base import RoutingContext
+from branchlora.adapters.tasklora import TaskLoRA
 
 
 def max_pool(embeds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -115,51 +115,16 @@ def _decoding(kwargs: dict) -> bool:
     return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
 
 
-class ProgLoRA(AdapterLayer):
+class ProgLoRA(TaskLoRA):
+    """TaskLoRA's blocks, weighted per sample by the allocation the TaskAllocator wrote into the context."""
+
     kind = "proglora"
-    adapter_param_names = ("lora_A", "lora_B")
 
-    def __init__(self, base_layer: nn.Linear, config: AdapterConfig) -> None:
-        super().__init__(base_layer, config)
-        self.lora_A = nn.ParameterList()  # T x (r, d_in)
-        self.lora_B = nn.ParameterList()  # T x (d_out, r)
-        self.add_block()
-
-    @property
-    def n_blocks(self) -> int:
-        return len(self.lora_A)
-
-    def add_block(self) -> None:
-        """A fresh block for a new task (A initialised, B zero); earlier blocks freeze for good."""
-        f = self._factory()
-        a = torch.empty(self.config.r, self.in_features, **f)
-        init_down(a, self.config.init)
-        for p in (*self.lora_A, *self.lora_B):
-            p.requires_grad_(False)
-        self.lora_A.append(nn.Parameter(a))
-        self.lora_B.append(nn.Parameter(torch.zeros(self.out_features, self.config.r, **f)))
-
-    def mark_trainable(self) -> None:
-        """Only the newest block trains."""
-        for i, (a, b) in enumerate(zip(self.lora_A, self.lora_B, strict=True)):
-            a.requires_grad_(i == self.n_blocks - 1)
-            b.requires_grad_(i == self.n_blocks - 1)
-
-    def structure(self) -> dict:
-        return {"n_blocks": self.n_blocks}
-
-    def restructure(self, structure: dict) -> None:
-        while self.n_blocks < structure["n_blocks"]:
-            self.add_block()
-        self.mark_trainable()
-
-    def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.context.allocation  # (B, T)
         if alpha is None:
             raise RuntimeError("ProgLoRA layers read the allocation of a TaskAllocator attached to the model")
-        if alpha.shape != (x.shape[0], self.n_blocks):  # (B, T)
-            raise ValueError(f"allocation {tuple(alpha.shape)} does not fit B={x.shape[0]}, T={self.n_blocks}")
-        z, _, keep = self.project(x, torch.cat(tuple(self.lora_A)))  # (B, ..., T * r): every block at once
-        gates = alpha.repeat_interleave(self.config.r, dim=1).to(z.dtype)  # (B, T * r), block i's chunk = alpha_i
-        z = z * gates.view(x.shape[0], *(1,) * (x.dim() - 2), -1)  # broadcast over tokens
-        return flat_addmm(out, z, torch.cat(tuple(self.lora_B), dim=1), self.scale * keep)
+        return alpha
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError("proglora weighs its blocks per input and has no single mergeable weight")

@@ -13,7 +13,7 @@ from torch import nn
 from branchlora.adapters import routing_context
 from branchlora.batch import model_inputs
 from branchlora.evaluation.scorers import score
-from branchlora.methods.base import Method, Task
+from branchlora.methods.base import Method, Task, chosen_tasks
 from branchlora.typed import check_fields
 
 
@@ -56,8 +56,7 @@ def evaluate_task(
         chunk = examples[start : start + config.batch_size]
         batch = {k: v.to(accelerator.device) for k, v in collator.prompt_batch(chunk).items()}
         task_ids = method.eval_task_ids(model, batch, task, oracle=config.oracle)
-        if isinstance(task_ids, torch.Tensor):
-            chosen += task_ids.tolist()
+        chosen += chosen_tasks(task_ids)
         with (
             routing_context(model, task_ids, batch["attention_mask"], reuse=True),
             accelerator.autocast(),

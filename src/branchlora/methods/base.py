@@ -106,7 +106,8 @@ class Method:
     def eval_task_ids(
         self, model: nn.Module, batch: dict[str, torch.Tensor], task: Task, oracle: bool = False
     ) -> int | torch.Tensor | None:
-        """Which task router serves each test sample (None: the newest; routed methods choose)."""
+        """Which task router serves each test sample: None (the newest), one id, (B,) ids, or (B, T)
+        weights over the learned tasks (a soft choice, HiDe's); routed methods choose."""
         return None
 
     def task_similarity(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -129,6 +130,13 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict returned."""
+
+
+def chosen_tasks(task_ids: int | torch.Tensor | None) -> list[int]:
+    """Per sample, the task a choice picked (the heaviest of soft weights); [] for one choice for all."""
+    if not isinstance(task_ids, torch.Tensor):
+        return []
+    return (task_ids.argmax(dim=-1) if task_ids.is_floating_point() else task_ids).tolist()
 
 
 def _build_options(cls: type, values: dict, method: str) -> Any:

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from branchlora.adapters import ProgLoRA, TaskAllocator, adapter_layers, inject_adapters
-from branchlora.methods.base import Method, MethodOptions, StepContext, Task, TaskRun
+from branchlora.adapters import TaskAllocator, inject_adapters
+from branchlora.methods.base import MethodOptions, StepContext, Task, TaskRun
+from branchlora.methods.blocks import PerTaskLoRA
 from branchlora.methods.registry import register_method
 
 
@@ -61,20 +62,16 @@ class ProgLoRAOptions(MethodOptions):
 
 
 @register_method("proglora", "ProgLoRA (dynamic): a LoRA block per task, task-aware allocation, task recall")
-class ProgLoRAMethod(Method):
+class ProgLoRAMethod(PerTaskLoRA):
     adapter_defaults = {"kind": "proglora", "init": "kaiming"}  # PEFT-style blocks
     Options = ProgLoRAOptions
     options: ProgLoRAOptions
-    grows = True
 
     def __init__(self, adapter: dict | None = None, options: dict | None = None) -> None:
         super().__init__(adapter, options)
         self.allocator: TaskAllocator | None = None
         self.prototypes: list[torch.Tensor] = []  # (d,) mean pooled embedding of each learned task
         self._pooled: torch.Tensor | None = None  # (d + 1,) the current task's sum of e, and its count
-
-    def _layers(self, model: nn.Module) -> list[ProgLoRA]:
-        return [layer for _, layer in adapter_layers(model) if isinstance(layer, ProgLoRA)]
 
     # ---- set-up: blocks in every target, one allocator on the language model ----------------------------
     def setup(self, model: nn.Module) -> None:
@@ -84,7 +81,7 @@ class ProgLoRAMethod(Method):
         self.allocator = TaskAllocator(emb.embedding_dim, self.options.query_hidden, device=w.device, dtype=w.dtype)
         self.allocator.recall = self.options.recall
         model.add_module("proglora_allocator", self.allocator)  # moves, trains and counts with the model
-        self.allocator.attach(language_model(model), self._layers(model)[0].context)
+        self.allocator.attach(language_model(model), self.blocks(model)[0].context)
         self.set_trainable(model)
 
     def set_trainable(self, model: nn.Module) -> None:
@@ -92,11 +89,9 @@ class ProgLoRAMethod(Method):
         self.allocator.mark_trainable()
 
     def on_task_start(self, model: nn.Module, task: Task) -> None:
-        if task.index >= self.allocator.n_keys:
-            for layer in self._layers(model):
-                layer.add_block()
+        while self.allocator.n_keys <= task.index:
             self.allocator.add_key()
-        self.set_trainable(model)
+        super().on_task_start(model, task)  # a block per layer, and what trains
         self._pooled = None
 
     def train_task_ids(self, task: Task) -> int:

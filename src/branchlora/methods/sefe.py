@@ -1,0 +1,83 @@
+"""SEFE's RegLoRA (Chen et al., ICML 2025): after each task, the elements of its weight update that mattered
+most are recorded, and later tasks' updates are held at zero there.
+
+Per task t a fresh LoRA block trains and then counts as merged into W0 (the blocks are summed: the same
+function as merging, kept separate so checkpoints stay adapter-only).  At task end, in every wrapped
+Linear, the top p of the entries of |B_t A_t| (unscaled) join the layer's mask M (a union over tasks).
+In later tasks
+    L = L_task + lambda * mean_layers mean_{(i, j) in M} |(B_new A_new)_ij|,
+an L1 pull of the new update towards zero at the positions earlier tasks rely on.  Defaults (official
+code): p = 2 %, lambda = 2500.  Masks are per Linear and kept as flat indices; a position recorded by
+two tasks counts once (the official code concatenates the lists and would count it twice).
+SEFE's other half, answer-style diversification, rewrites training answers with a multimodal LLM and
+is not offered here (see the README's method notes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from branchlora.adapters import TaskLoRA, adapter_layers
+from branchlora.methods.base import MethodOptions, StepContext, Task, TaskRun
+from branchlora.methods.blocks import PerTaskLoRA
+from branchlora.methods.registry import register_method
+
+
+def key_elements(delta: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Flat indices of the int(fraction * numel) largest entries of |delta| (at least one)."""
+    k = max(1, int(fraction * delta.numel()))
+    return delta.detach().abs().flatten().topk(k).indices
+
+
+def masked_l1(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of |delta| over the flat positions `mask`."""
+    return delta.flatten()[mask].abs().mean()
+
+
+@dataclass
+class SEFEOptions(MethodOptions):
+    reg_weight: float = field(default=2500.0, metadata={"help": "lambda of RegLoRA's masked L1 loss"})
+    top_fraction: float = field(default=0.02, metadata={"help": "p: share of |B A| entries kept per task"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+
+
+@register_method("sefe", "SEFE's RegLoRA: a LoRA per task, merged; later updates held at earlier key elements")
+class RegLoRA(PerTaskLoRA):
+    Options = SEFEOptions
+    options: SEFEOptions
+
+    def __init__(self, adapter: dict | None = None, options: dict | None = None) -> None:
+        super().__init__(adapter, options)
+        self.masks: dict[str, torch.Tensor] = {}  # wrapped Linear's name -> flat indices into (d_out, d_in)
+
+    def _named_blocks(self, model: nn.Module) -> list[tuple[str, TaskLoRA]]:
+        return [(name, layer) for name, layer in adapter_layers(model) if isinstance(layer, TaskLoRA)]
+
+    def extra_loss(self, model: nn.Module, ctx: StepContext) -> None:
+        if not self.masks or not self.options.reg_weight:
+            return
+        terms = []
+        for name, layer in self._named_blocks(model):
+            mask = self.masks[name].to(layer.lora_A[-1].device)
+            terms.append(masked_l1(layer.lora_B[-1] @ layer.lora_A[-1], mask))
+        ctx.add_loss("reg", self.options.reg_weight * torch.stack(terms).mean())
+
+    @torch.no_grad()
+    def on_task_end(self, model: nn.Module, task: Task, run: TaskRun) -> None:
+        for name, layer in self._named_blocks(model):
+            new = key_elements(layer.lora_B[-1].float() @ layer.lora_A[-1].float(), self.options.top_fraction)
+            old = self.masks.get(name)
+            self.masks[name] = (new if old is None else torch.cat([old, new.to(old.device)])).unique().cpu()
+
+    def state_dict(self) -> dict:
+        return {"masks": dict(self.masks)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks = dict(state["masks"])
