@@ -249,7 +249,23 @@ def bf16_accelerator():
     AcceleratorState._reset_state(True)
 
 
-@pytest.mark.parametrize("name", ["lora", "moelora", "hydralora", "branchlora", "lilora", "proglora", "ewc", "lwf"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lora",
+        "moelora",
+        "hydralora",
+        "branchlora",
+        "lilora",
+        "proglora",
+        "ewc",
+        "lwf",
+        "olora",
+        "hide",
+        "sefe",
+        "clmoe",
+    ],
+)
 def test_every_method_trains_and_evaluates_under_bf16_autocast(base, tmp_path, name, bf16_accelerator):
     """`train.mixed_precision=bf16` (autocast; on a GPU in practice): mixed float32 / bf16 tensors must meet
     nowhere, in training, the methods' task-end passes, or the selector's per-sample routing at test time."""

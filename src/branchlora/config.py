@@ -26,6 +26,7 @@ from branchlora.methods import get_method
 from branchlora.models.pretrain import PretrainConfig
 from branchlora.models.tiny import TinyConfig
 from branchlora.replay import ReplayConfig
+from branchlora.tracking import resolve_trackers
 from branchlora.train import TrainConfig
 from branchlora.typed import ConfigError, build, check_fields, checked
 
@@ -81,6 +82,10 @@ class RunConfig:
     )
     out: str = field(default="runs/latest", metadata={"help": "output folder"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": DEVICES})
+    log_with: list[str] = field(
+        default_factory=lambda: ["auto"],
+        metadata={"help": "experiment trackers: auto (TensorBoard if installed), none, tensorboard, wandb, mlflow, .."},
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -96,6 +101,10 @@ class RunConfig:
         self.base_options = _owned_options(self.base == "tiny", BaseOptions, self.base_options, "base_options",
                                            f"base {self.base!r}")  # fmt: skip
         check_methods(self)
+        try:
+            resolve_trackers(self.log_with)
+        except ValueError as err:
+            raise ConfigError("log_with", str(err).removeprefix("log_with: ")) from None
 
 
 def _no_repeats(values: list, key: str) -> None:

@@ -32,6 +32,7 @@ from branchlora.methods.base import Method, Task
 from branchlora.models.parts import projector
 from branchlora.replay import replay_items
 from branchlora.selector import confusion
+from branchlora.tracking import RunLog
 from branchlora.train import TrainConfig, train_task
 
 StepCallback = Callable[[str, int, int, dict[str, float]], None]  # (phase, step, total, losses)
@@ -69,12 +70,21 @@ class MethodResult:
         if self.stats:
             out["tasks"] = [task_summary(s) for s in self.stats]
         if any(self.chosen):
-            true = [i for i, c in enumerate(self.chosen) for _ in c]
-            picked = [j for c in self.chosen for j in c]
-            right = sum(a == b for a, b in zip(true, picked, strict=True))
-            out["selector_accuracy"] = round(100.0 * right / len(true), 2)
+            true, picked = self._choices()
+            out["selector_accuracy"] = self.selector_accuracy()
             out["selector_confusion"] = confusion(true, picked, n_tasks)
         return out
+
+    def _choices(self) -> tuple[list[int], list[int]]:
+        """(true task, chosen task) of every test sample of the last row."""
+        return [i for i, c in enumerate(self.chosen) for _ in c], [j for c in self.chosen for j in c]
+
+    def selector_accuracy(self) -> float | None:
+        """% of the last row's test samples the selector sent to their own task (None: no selector)."""
+        if not any(self.chosen):
+            return None
+        true, picked = self._choices()
+        return round(100.0 * sum(a == b for a, b in zip(true, picked, strict=True)) / len(true), 2)
 
 
 def task_summary(stats: dict) -> dict:
@@ -126,10 +136,14 @@ def run_method(
     result, start = MethodResult(), 0
     if resume and (last := latest_checkpoint(out_dir)) is not None:
         start = load_checkpoint(last, model, method, result) + 1
+    track = RunLog(accelerator, method.name, train_config.seed)
     if start == 0:
         t0 = time.perf_counter()
         row, _ = evaluate_all(model, method, data, eval_config, accelerator)
         result.matrix, result.eval_seconds = [row], time.perf_counter() - t0
+        track.stage(0, "base", 0, data.names, row, None)
+    else:  # the trackers' step axis goes on where the checkpoint's tasks ended
+        track.offset = sum(s["steps"] for s in result.stats)
     tasks = [(0, "+".join(data.names), [x for t in data.train for x in t])] if method.joint else [
         (i, name, train) for i, (name, train) in enumerate(zip(data.names, data.train, strict=True))
     ]  # fmt: skip
@@ -141,8 +155,13 @@ def run_method(
         step = (lambda s, n, losses, _name=name: on_step(_name, s, n, losses)) if on_step else None
         t0 = time.perf_counter()
         kept = replay_items(data.train, index, replay, train_config.seed)  # none for task 0 (and the joint bound)
+
+        def on_log(record: dict, _name: str = name) -> None:
+            log("step", task=_name, **record)
+            track.step(record)
+
         stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step,
-                           lambda record, _name=name: log("step", task=_name, **record), replay=kept)  # fmt: skip
+                           on_log, replay=kept)  # fmt: skip
         if index == 0:  # counted as the papers count: what trains on the first task
             result.tunable, result.total = stats["tunable"], sum(p.numel() for p in model.parameters())
         result.train_seconds += time.perf_counter() - t0
@@ -154,8 +173,10 @@ def run_method(
         result.matrix += [row] * rows
         result.stats.append(stats)
         log("task", **task_summary(stats))
+        track.stage(index + 1, name, stats["steps"], data.names, row, result.selector_accuracy())
         if accelerator.is_main_process:
             save_checkpoint(out_dir, index, model, method, result, checkpoint_info or {})
+    track.final(all_metrics(result.matrix), result.selector_accuracy())
     return result
 
 

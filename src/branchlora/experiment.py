@@ -26,6 +26,7 @@ from branchlora.progress import RunDisplay
 from branchlora.replay import replay_items
 from branchlora.report import write_outputs
 from branchlora.rundir import check_out, claimed, is_main_process
+from branchlora.tracking import flat_config, resolve_trackers
 from branchlora.train import make_accelerator
 
 
@@ -120,8 +121,11 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
     base, processor = load_base_from(config.base, config.base_options)
     info = base_info(base)
     collator = Collator(processor)
-    accelerator = make_accelerator(config.train, cpu=cpu)
     out, settings = Path(config.out), to_dict(config)
+    trackers = resolve_trackers(config.log_with)
+    accelerator = make_accelerator(config.train, cpu=cpu, log_with=trackers, project_dir=str(out / "logs"))
+    if trackers:
+        accelerator.init_trackers(out.name or "branchlora", config=flat_config(settings))
     runs = []
     with RunDisplay(console, len(config.methods) * len(config.seeds) * len(orders)) as display:
         for order_index, order in enumerate(orders):
@@ -145,6 +149,7 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
                     display.done(name, results[name])
                     del model
                 runs.append({"seed": seed, "order": order, "methods": results})
+    accelerator.end_training()  # trackers flush and close
     base_summary = {"name": info["name"], "pretrain_seconds": info.get("pretrain_seconds", 0.0),
                     "caption_loss": info.get("caption_loss")}  # fmt: skip
     return write_outputs(out, bench.name, runs, base_summary, settings, versions(), machine(accelerator))

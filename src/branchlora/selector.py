@@ -2,8 +2,9 @@
 
     t* = argmax_t cos(e_img, k_img^t) + cos(e_txt, k_txt^t)
 
-e_img is the mean of the frozen vision tower's patch features, e_txt the mean of the language model's
-input embeddings over the instruction tokens (image tokens, padding and the answer excluded).  Keys are
+e_img is the mean of the frozen vision tower's patch features (per model family, models/family.py), e_txt
+the mean of the language model's input embeddings over the instruction tokens (image tokens, padding and the
+answer excluded).  Keys are
 either trained with L_align = sum (1 - cos(e, k)) (the paper) or computed in one pass as the normalised
 mean of the normalised embeddings, which is the optimum of that same loss when the encoders are frozen.
 """
@@ -14,15 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from branchlora.models.family import require_family
+
 
 @torch.no_grad()
 def embed(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(e_img (B, d_vision), e_txt (B, d_text)) from the frozen parts of a LLaVA-style model."""
-    inner = getattr(model, "model", model)
-    tower = inner.vision_tower
-    dtype = next(tower.parameters()).dtype
-    patches = tower(batch["pixel_values"].to(dtype)).last_hidden_state  # (B, 1 + P, d_v)
-    e_img = patches[:, 1:].float().mean(dim=1)  # the CLS position excluded
+    """(e_img (B, d_vision), e_txt (B, d_text)) from the frozen parts of a vision-language model; the image
+    side is the model family's (models/family.py): the mean of the vision tower's patch features."""
+    e_img = require_family(model).embed_image(model, batch)
     ids = batch["input_ids"]
     keep = batch["attention_mask"].bool() & (ids != model.config.image_token_id)  # (B, L)
     if "labels" in batch:

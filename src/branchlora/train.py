@@ -88,10 +88,15 @@ class TaskRunner:
         return self.accelerator.reduce(tensor, reduction="mean") if self.accelerator.num_processes > 1 else tensor
 
 
-def make_accelerator(config: TrainConfig, cpu: bool) -> Accelerator:
+def make_accelerator(
+    config: TrainConfig, cpu: bool, log_with: list | None = None, project_dir: str | None = None
+) -> Accelerator:
+    """The run's Accelerator; `log_with` names its experiment trackers (tracking.resolve_trackers), which
+    write under `project_dir`."""
     # Branches a step's routing did not choose get no gradient: DDP must allow unused parameters.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+    return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp],
+                       log_with=log_with or None, project_dir=project_dir)  # fmt: skip
 
 
 def param_groups(model: nn.Module, method: Method, config: TrainConfig) -> list[dict]:

@@ -12,6 +12,13 @@ INITS = ("gaussian", "kaiming")
 # LLaVA-style preset: the seven Linear types of every language-model layer; never the vision tower
 # (CLIP also names its attention q_proj / k_proj / v_proj), the projector or lm_head.
 LLAVA_TARGETS = r"(?!.*vision)(.*\.)?(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# LiLoRA's targets: the feed-forward Linears of every language-model layer, and every Linear of the projector.
+FFN_PROJECTOR_TARGETS = (
+    r"(?!.*vision)(.*\.)?(gate_proj|up_proj|down_proj)|(.*\.)?(multi_modal_projector|mm_projector)\..+"
+)
+# Target presets: on a known model family (models/family.py) they resolve through its anatomy; on any other
+# module, to these regexes.
+PRESETS = {"llava": LLAVA_TARGETS, "ffn+projector": FFN_PROJECTOR_TARGETS}
 
 
 @dataclass
@@ -32,7 +39,7 @@ class AdapterConfig:
     init: str = field(default="gaussian", metadata={"help": "A init: gaussian N(0, 0.01^2) (CoIN) or kaiming (PEFT)"})
     targets: str | list[str] = field(
         default="llava",
-        metadata={"help": "'llava' (7 LM Linear types), a regex, or a list of module names/suffixes"},
+        metadata={"help": "'llava' (the LM's 7 Linear types), 'ffn+projector', a regex, or module names/suffixes"},
     )
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 from branchlora.adapters.base import AdapterLayer, RoutingContext
 from branchlora.adapters.branchlora import BranchLoRA
 from branchlora.adapters.clmoe import CLMoE
-from branchlora.adapters.config import LLAVA_TARGETS, AdapterConfig
+from branchlora.adapters.config import PRESETS, AdapterConfig
 from branchlora.adapters.hide import HiDeLoRA
 from branchlora.adapters.hydralora import HydraLoRA
 from branchlora.adapters.lilora import LiLoRA
@@ -20,6 +20,7 @@ from branchlora.adapters.lora import LoRA
 from branchlora.adapters.moelora import MoELoRA
 from branchlora.adapters.proglora import ProgLoRA
 from branchlora.adapters.tasklora import TaskLoRA
+from branchlora.models.family import family_of
 
 ADAPTERS: dict[str, type[AdapterLayer]] = {
     cls.kind: cls for cls in (LoRA, MoELoRA, BranchLoRA, HydraLoRA, ProgLoRA, LiLoRA, TaskLoRA, HiDeLoRA, CLMoE)
@@ -28,14 +29,22 @@ ADAPTERS: dict[str, type[AdapterLayer]] = {
 
 def _matches(name: str, targets: str | list[str]) -> bool:
     if isinstance(targets, str):
-        pattern = LLAVA_TARGETS if targets == "llava" else targets
-        return re.fullmatch(pattern, name) is not None
+        return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _resolve(model: nn.Module, targets: str | list[str]) -> str | list[str]:
+    """A preset as a regex: through the model family's anatomy when it has one, else the generic pattern."""
+    if not isinstance(targets, str) or targets not in PRESETS:
+        return targets
+    family = family_of(model)
+    return family.targets(targets) if family is not None else PRESETS[targets]
 
 
 def find_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
     """Names of the nn.Linear modules that `targets` selects (a preset, a regex, or names / suffixes)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, targets)]
+    pattern = _resolve(model, targets)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, pattern)]
     if not names:
         raise ValueError(
             f"targets {targets!r} match no nn.Linear module of {type(model).__name__}; "

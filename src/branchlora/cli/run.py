@@ -39,6 +39,9 @@ def run(
     seeds: str = typer.Option(None, help="several seeds, e.g. 0,1,2: the report gives mean and std"),
     orders: str = typer.Option(None, help="task orders: tasks by comma, orders by ';'"),
     device: str = typer.Option(None, help="auto, cpu or cuda"),
+    log_with: str = typer.Option(
+        None, help="experiment trackers, by comma: tensorboard, wandb, mlflow, ...; none: no logs (default auto)"
+    ),
     resume: bool = typer.Option(False, "--resume", help="continue after the last complete task checkpoint"),
     overwrite: bool = typer.Option(False, "--overwrite", help="clear the previous run in --out first"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check everything and print the plan; train nothing"),
@@ -52,7 +55,8 @@ def run(
         flags = {"methods": methods and [m.strip() for m in methods.split(",") if m.strip()],
                  "benchmark": benchmark, "base": base, "out": out, "device": device,
                  "seeds": [seed] if seed is not None else (seeds and _ints(seeds)),
-                 "orders": orders and _orders(orders)}  # fmt: skip
+                 "orders": orders and _orders(orders),
+                 "log_with": log_with and [t.strip() for t in log_with.split(",") if t.strip()]}  # fmt: skip
         entries = [parse_override(o) for o in overrides] + [((k,), v) for k, v in flags.items() if v]
         cfg = load_config(preset, config, entries)
         from branchlora.experiment import plan_experiment, run_experiment  # heavy imports once the config is valid

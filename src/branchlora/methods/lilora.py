@@ -22,9 +22,6 @@ from branchlora.methods.base import MethodOptions, StepContext, Task, TaskRun
 from branchlora.methods.registry import register_method
 from branchlora.methods.task_keys import KEY_MODES, KeyedMethod, TaskKeys
 
-# The feed-forward Linears of every language-model layer, and every Linear of the projector.
-LILORA_TARGETS = r"(?!.*vision)(.*\.)?(gate_proj|up_proj|down_proj)|(.*\.)?(multi_modal_projector|mm_projector)\..+"
-
 
 def stability_loss(current: list[torch.Tensor], anchors: list[torch.Tensor]) -> torch.Tensor:
     """sum over layers of 1 - cos(vec(A), vec(A_anchor)): zero while no shared A has turned."""
@@ -60,7 +57,7 @@ class LiLoRAOptions(MethodOptions):
 
 @register_method("lilora", "LiLoRA: shared A and B0, per-task P_t Q_t and gate, stability loss, task selector")
 class LiLoRAMethod(KeyedMethod):
-    adapter_defaults = {"kind": "lilora", "init": "kaiming", "targets": LILORA_TARGETS}
+    adapter_defaults = {"kind": "lilora", "init": "kaiming", "targets": "ffn+projector"}
     Options = LiLoRAOptions
     options: LiLoRAOptions
     grows = True

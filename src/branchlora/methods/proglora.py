@@ -32,18 +32,12 @@ from branchlora.adapters import TaskAllocator, inject_adapters
 from branchlora.methods.base import MethodOptions, StepContext, Task, TaskRun
 from branchlora.methods.blocks import PerTaskLoRA
 from branchlora.methods.registry import register_method
+from branchlora.models.parts import language_model
 
 
 def identity_loss(logits: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the allocation scores (n, T) against each row's own task (n,)."""
     return F.cross_entropy(logits.float(), tasks)
-
-
-def language_model(model: nn.Module) -> nn.Module:
-    """The decoder whose input embeddings (image features already merged in) the allocator reads."""
-    inner = getattr(model, "model", model)
-    found = getattr(inner, "language_model", None)
-    return found if found is not None else model.get_decoder()
 
 
 @dataclass

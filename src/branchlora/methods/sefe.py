@@ -7,7 +7,7 @@ Linear, the top p of the entries of |B_t A_t| (unscaled) join the layer's mask M
 In later tasks
     L = L_task + lambda * mean_layers mean_{(i, j) in M} |(B_new A_new)_ij|,
 an L1 pull of the new update towards zero at the positions earlier tasks rely on.  Defaults (official
-code): p = 2 %, lambda = 2500.  Masks are per Linear and kept as flat indices; a position recorded by
+code): p = 2 %, lambda = 2500.  Masks are per Linear and kept as flat int32 indices; a position recorded by
 two tasks counts once (the official code concatenates the lists and would count it twice).
 SEFE's other half, answer-style diversification, rewrites training answers with a multimodal LLM and
 is not offered here (see the README's method notes).
@@ -40,7 +40,7 @@ def masked_l1(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @dataclass
 class SEFEOptions(MethodOptions):
     reg_weight: float = field(default=2500.0, metadata={"help": "lambda of RegLoRA's masked L1 loss"})
-    top_fraction: float = field(default=0.02, metadata={"help": "p: share of |B A| entries kept per task"})
+    top_fraction: float = field(default=0.02, metadata={"help": "p: share of the largest entries of B A kept per task"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,7 +65,7 @@ class RegLoRA(PerTaskLoRA):
             return
         terms = []
         for name, layer in self._named_blocks(model):
-            mask = self.masks[name].to(layer.lora_A[-1].device)
+            mask = self.masks[name].to(layer.lora_A[-1].device, torch.long)
             terms.append(masked_l1(layer.lora_B[-1] @ layer.lora_A[-1], mask))
         ctx.add_loss("reg", self.options.reg_weight * torch.stack(terms).mean())
 
@@ -74,7 +74,8 @@ class RegLoRA(PerTaskLoRA):
         for name, layer in self._named_blocks(model):
             new = key_elements(layer.lora_B[-1].float() @ layer.lora_A[-1].float(), self.options.top_fraction)
             old = self.masks.get(name)
-            self.masks[name] = (new if old is None else torch.cat([old, new.to(old.device)])).unique().cpu()
+            union = new if old is None else torch.cat([old.to(new), new])
+            self.masks[name] = union.unique().to(torch.int32).cpu()  # int32 halves a 7B run's masks
 
     def state_dict(self) -> dict:
         return {"masks": dict(self.masks)}

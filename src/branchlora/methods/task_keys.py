@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from branchlora.methods.base import Method, StepContext, TaskRun
+from branchlora.models.family import require_family
 from branchlora.selector import align_loss, embed, prototype, select_task, similarity
 
 KEY_MODES = ("loss", "prototype")
@@ -37,9 +38,8 @@ class TaskKeys:
         """Fresh trainable keys for the task about to train (mode "loss")."""
         if self.mode != "loss":
             return
-        inner = getattr(model, "model", model)
         device = model.get_input_embeddings().weight.device
-        d_img, d_txt = inner.vision_tower.config.hidden_size, model.get_input_embeddings().embedding_dim
+        d_img, d_txt = require_family(model).vision_width(model), model.get_input_embeddings().embedding_dim
         # Filled from the task's first batch before the first step (see add_align_loss).
         self._new = (nn.Parameter(torch.zeros(d_img, device=device)), nn.Parameter(torch.zeros(d_txt, device=device)))
         self._unset = True

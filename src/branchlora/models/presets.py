@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -44,6 +45,14 @@ class LinearStack(nn.Module):
             self.add_module(name, nn.Linear(d_in, d_out))
 
 
+# Other families' published configs, kept as small files in the package (the shapes only; no download).
+CONFIG_DIR = Path(str(resources.files("branchlora") / "assets" / "model-configs"))
+
+
+def preset_names() -> list[str]:
+    return [*LLAVA_15, *sorted(p.stem for p in CONFIG_DIR.glob("*.json"))]
+
+
 def build_meta_model(spec: str) -> nn.Module:
     """A preset name, or a path to a config.json (a transformers config, or a plain Linear stack)."""
     with torch.device("meta"):
@@ -51,10 +60,10 @@ def build_meta_model(spec: str) -> nn.Module:
             from transformers import LlavaForConditionalGeneration
 
             return LlavaForConditionalGeneration(llava_15_config(spec))
-        path = Path(spec)
+        path = CONFIG_DIR / f"{spec}.json" if (CONFIG_DIR / f"{spec}.json").is_file() else Path(spec)
         if not path.is_file():
             raise FileNotFoundError(
-                f"--model {spec!r} is neither a preset ({', '.join(LLAVA_15)}) nor an existing config.json"
+                f"--model {spec!r} is neither a preset ({', '.join(preset_names())}) nor an existing config.json"
             )
         try:
             data = json.loads(path.read_text())
@@ -70,7 +79,7 @@ def _transformers_model(path: Path, data: dict) -> nn.Module:
 
     if "model_type" not in data:
         raise ValueError(f"{path}: neither a transformers config (no 'model_type') nor a 'linears' table")
-    config = AutoConfig.for_model(**data)
+    config = AutoConfig.for_model(**{k: v for k, v in data.items() if not k.startswith("_")})
     for auto in (AutoModelForImageTextToText, AutoModelForCausalLM, AutoModel):
         try:
             return auto.from_config(config)
