@@ -59,3 +59,42 @@ def image_batch(kind: str, sizes: list[tuple[int, int]]) -> dict[str, torch.Tens
         grid = torch.tensor([[1, h, w] for h, w in sizes])
         return {"pixel_values": torch.randn(int(grid.prod(-1).sum()), 3 * 2 * 14 * 14), "image_grid_thw": grid}
     return {"pixel_values": torch.randn(len(sizes), 3, 28, 28)}
+
+
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
+
+
+class ImageOnlyQwenProcessor(T.Qwen2VLProcessor):
+    """Qwen2-VL's processor without its video processor (which needs torchvision, not installed here)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        T.ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+def qwen_model_and_processor(kind: str) -> tuple[torch.nn.Module, ImageOnlyQwenProcessor]:
+    """A tiny random Qwen2-VL / Qwen2.5-VL (`kind`) and a processor on the tiny base's tokenizer plus Qwen's
+    special tokens and a Qwen-style chat template; images are resized to at most 56 x 56 pixels (4 x 4 patches)."""
+    from branchlora.models.loading import PACKAGED
+
+    tokenizer = T.LlavaProcessor.from_pretrained(PACKAGED).tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_TOKENS})
+    images = T.Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2,
+                                     temporal_patch_size=2)  # fmt: skip
+    processor = ImageOnlyQwenProcessor(images, tokenizer, chat_template=QWEN_TEMPLATE)
+    model = tiny_family_model(kind)
+    tokens = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]  # in IDS' order
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in zip(IDS, tokens, strict=True)}
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id, **ids}  # fmt: skip
+    text = {**TEXT, "vocab_size": len(tokenizer), "rope_scaling": MROPE}
+    config = type(model.config)(text_config=text, vision_config=model.config.vision_config.to_dict(), **special)
+    torch.manual_seed(0)
+    return type(model)(config).eval(), processor

@@ -17,6 +17,7 @@ from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.files import CheckpointError, require
 from branchlora.methods import Method, Task, get_method
 from branchlora.methods.base import chosen_tasks
+from branchlora.models.family import sample_rows
 from branchlora.models.loading import load_base_from
 
 
@@ -75,7 +76,8 @@ def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, m
     index = _task_index(loaded, task) if task else len(loaded.tasks) - 1
     task_ids = loaded.method.eval_task_ids(loaded.model, batch, Task(index, task or ""), oracle=task is not None)
     scores = None if task else loaded.method.task_similarity(loaded.model, batch)
-    with routing_context(loaded.model, task_ids, batch["attention_mask"], reuse=True):
+    rows = sample_rows(loaded.model, batch)
+    with routing_context(loaded.model, task_ids, batch["attention_mask"], reuse=True, rows=rows):
         out = loaded.model.generate(
             **model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=loaded.collator.pad_id, eos_token_id=loaded.collator.eos_id,

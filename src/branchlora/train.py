@@ -22,6 +22,7 @@ from transformers import get_cosine_schedule_with_warmup
 from branchlora.adapters import adapter_layers, routing_context
 from branchlora.batch import model_inputs
 from branchlora.methods.base import Method, StepContext, Task
+from branchlora.models.family import sample_rows
 from branchlora.models.parts import projector
 from branchlora.typed import check_fields
 
@@ -62,7 +63,8 @@ class TrainConfig:
 
 def forward(model: nn.Module, batch: dict[str, torch.Tensor], task_ids: Any, accelerator: Accelerator) -> Any:
     """A model forward with the routing context of this batch (task router, padding)."""
-    with routing_context(model, task_ids=task_ids, attention_mask=batch["attention_mask"]), accelerator.autocast():
+    rows = sample_rows(model, batch)
+    with routing_context(model, task_ids, batch["attention_mask"], rows=rows), accelerator.autocast():
         return model(**model_inputs(batch))
 
 

@@ -107,25 +107,27 @@ def routing_context(
     task_ids: int | torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     reuse: bool = False,
+    rows: torch.Tensor | None = None,
 ) -> Iterator[RoutingContext]:
     """Tell every routed layer which task router to use and where the padding is, for the forwards inside.
 
     With reuse=True (generation), the routing computed at the first forward (prefill) serves every
-    later decoding step, instead of being recomputed from the newest token.
+    later decoding step, instead of being recomputed from the newest token.  `rows` maps the rows of a
+    projector input that are not samples to their samples (models.family.sample_rows).
     """
     layers = [layer for _, layer in adapter_layers(model)]
     if not layers:
         yield RoutingContext()
         return
     context = layers[0].context
-    saved = (context.task_ids, context.attention_mask, context.reuse, context.allocation)
-    context.task_ids, context.attention_mask, context.reuse = task_ids, attention_mask, reuse
+    saved = (context.task_ids, context.attention_mask, context.reuse, context.allocation, context.rows)
+    context.task_ids, context.attention_mask, context.reuse, context.rows = task_ids, attention_mask, reuse, rows
     context.allocation = context.first_rows = None  # filled at the first forward inside
     _clear_cached_routes(layers)
     try:
         yield context
     finally:
-        context.task_ids, context.attention_mask, context.reuse, context.allocation = saved
+        context.task_ids, context.attention_mask, context.reuse, context.allocation, context.rows = saved
         context.first_rows = None
         _clear_cached_routes(layers)
 

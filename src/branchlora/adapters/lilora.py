@@ -80,11 +80,21 @@ class LiLoRA(AdapterLayer):
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         task = self._task()
-        if not isinstance(task, int) and x.dim() == 2:  # a bare (B, d_in) input: one-token sequences
-            return self.add_delta(out.unsqueeze(1), x.unsqueeze(1)).squeeze(1)
-        z, _, keep = self.project(x, self.lora_A)  # (B, L, r)
+        if not isinstance(task, int) and x.dim() == 2:  # a bare (N, d_in) input: one-token sequences
+            if x.shape[0] != task.shape[0]:  # rows are not samples (Qwen-VL's projector): each row's sample
+                rows = self.context.rows
+                if rows is None or rows.shape[0] != x.shape[0]:
+                    raise ValueError(f"{x.shape[0]} input rows, {task.shape[0]} task ids and no row-to-sample map")
+                task = task.to(rows.device)[rows]
+            return self._per_sample(out.unsqueeze(1), x.unsqueeze(1), task).squeeze(1)
         if isinstance(task, int):
+            z, _, keep = self.project(x, self.lora_A)  # (..., r)
             return flat_addmm(out, z, self.task_b(task), self.scale * keep)
+        return self._per_sample(out, x, task)
+
+    def _per_sample(self, out: torch.Tensor, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) inputs, each sample with its own task's B_t: (B,) task ids."""
+        z, _, keep = self.project(x, self.lora_A)  # (B, L, r)
         tasks, which = task.unique(return_inverse=True)  # a few distinct tasks, never a loop over samples
         b = torch.stack([self.task_b(t) for t in tasks.tolist()])[which.to(z.device)]  # (B, d_out, r)
         return out.baddbmm_(z.to(out.dtype), b.transpose(1, 2).to(out.dtype), alpha=self.scale * keep)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -39,10 +38,11 @@ class Collator:
         if prompt_format == "chat_template" and not has_template:
             raise ValueError("prompt_format='chat_template' but the processor has no chat template")
         self.use_chat_template = prompt_format == "chat_template" or (prompt_format == "auto" and has_template)
+        if self.tokenizer.pad_token is None:  # llava-hf and Qwen tokenizers define one; others may not
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id  # llava-hf tokenizers define one; others may not
         self.bos_id, self.eos_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        self.token_types = False  # whether the processor gives per-token type ids (Qwen-VL), set by encode
 
     def prompt_text(self, instruction: str) -> str:
         """The prompt up to and including the assistant's cue, without BOS."""
@@ -66,11 +66,22 @@ class Collator:
     def render(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
-    def encode(self, texts: list[str], images: list[Image.Image]) -> tuple[list[list[int]], torch.Tensor]:
-        """Token ids (image marker expanded, no special tokens added) and pixel values."""
-        out = self.processor(text=texts, images=images, add_special_tokens=False, return_tensors=None)
-        pixel_values = torch.as_tensor(np.stack(out["pixel_values"]))  # (B, 3, H, W)
-        return [list(ids) for ids in out["input_ids"]], pixel_values
+    def encode(self, texts: list[str], images: list[Image.Image]) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+        """Token ids (image marker expanded, no special tokens added) and the processor's image inputs:
+        pixel_values (B, 3, H, W) for LLaVA; for Qwen-VL every image's patches in one (N, D) tensor and
+        image_grid_thw (B, 3); for LLaVA-NeXT the crops and image_sizes."""
+        out = self.processor(text=texts, images=images, add_special_tokens=False, padding=True, return_tensors="pt")
+        ids, mask = out["input_ids"], out["attention_mask"].bool()
+        rows = [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)]
+        self.token_types = "mm_token_type_ids" in out  # rebuilt for our own rows by `finish`
+        # Per-token extras follow the processor's padding, not ours: `finish` rebuilds them.
+        return rows, {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and v.shape != ids.shape}
+
+    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add what a model needs per token beside the ids: Qwen-VL's mm_token_type_ids (1 at image tokens)."""
+        if self.token_types:
+            batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).long()
+        return batch
 
     def with_bos(self, ids: list[int]) -> list[int]:
         return ids if self.bos_id is None else [self.bos_id, *ids]
@@ -80,7 +91,7 @@ class Collator:
     ) -> dict:
         """Loss inputs for in-memory images (shared by task training and the base's caption pre-training)."""
         prompts = [self.prompt_text(i) for i in instructions]
-        full, pixel_values = self.encode([f"{p} {a}" for p, a in zip(prompts, answers, strict=True)], images)
+        full, visual = self.encode([f"{p} {a}" for p, a in zip(prompts, answers, strict=True)], images)
         heads, _ = self.encode(prompts, images)
         firsts = zip(instructions, answers, strict=True)
         rows, labels = [], []
@@ -92,8 +103,7 @@ class Collator:
             labels.append(([IGNORE_INDEX] * (len(row) - len(sequence)) + sequence_labels)[: self.max_length])
         batch = pad(rows, self.pad_id, left=False)
         batch["labels"] = pad(labels, IGNORE_INDEX, left=False)["input_ids"]
-        batch["pixel_values"] = pixel_values
-        return batch
+        return self.finish({**batch, **visual})
 
     def follow_up_turns(self, history: Turns, follow_ups: Turns) -> list[tuple[list[int], list[int]]]:
         """Ids and labels of each later turn of a conversation, each answer ending with EOS."""
@@ -117,13 +127,11 @@ class Collator:
     def prompt_batch(self, examples: list[TestExample | TrainExample]) -> dict[str, torch.Tensor]:
         """The prompts alone, left-padded so that generation continues every row at the same column."""
         images = [open_image(e.image) for e in examples]
-        ids, pixel_values = self.encode([self.prompt_text(e.instruction) for e in examples], images)
+        ids, visual = self.encode([self.prompt_text(e.instruction) for e in examples], images)
         rows = [self.with_bos(row) for row in ids]
         if (longest := max(len(r) for r in rows)) > self.max_length:
             raise ValueError(f"a prompt has {longest} tokens, more than max_length={self.max_length}")
-        batch = pad(rows, self.pad_id, left=True)
-        batch["pixel_values"] = pixel_values
-        return batch
+        return self.finish({**pad(rows, self.pad_id, left=True), **visual})
 
     def decode(self, generated_ids: torch.Tensor) -> list[str]:
         """Text of the newly generated tokens (pass only those), special tokens and whitespace stripped."""

@@ -14,6 +14,7 @@ from branchlora.adapters import routing_context
 from branchlora.batch import model_inputs
 from branchlora.evaluation.scorers import score
 from branchlora.methods.base import Method, Task, chosen_tasks
+from branchlora.models.family import sample_rows
 from branchlora.typed import check_fields
 
 
@@ -58,7 +59,7 @@ def evaluate_task(
         task_ids = method.eval_task_ids(model, batch, task, oracle=config.oracle)
         chosen += chosen_tasks(task_ids)
         with (
-            routing_context(model, task_ids, batch["attention_mask"], reuse=True),
+            routing_context(model, task_ids, batch["attention_mask"], reuse=True, rows=sample_rows(model, batch)),
             accelerator.autocast(),
         ):
             out = model.generate(

@@ -103,3 +103,15 @@ def require_family(model: nn.Module) -> Family:
         known = ", ".join(t for f in FAMILIES for t in f.model_types)
         raise ValueError(f"model type {model_type!r} is not a supported vision-language family; supported: {known}")
     return family
+
+
+def sample_rows(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """(N,) the sample of each row of the projector's input where its rows are not samples: Qwen-VL's merger
+    sees all images' merged patches in one sequence, image i's being t * h * w / merge^2 rows.  None elsewhere."""
+    grid = batch.get("image_grid_thw")
+    if grid is None:
+        return None
+    family = require_family(model)
+    merge = family.part(model, "vision").spatial_merge_size ** 2
+    counts = grid.prod(dim=-1) // merge
+    return torch.repeat_interleave(torch.arange(len(counts), device=grid.device), counts)

@@ -1,7 +1,8 @@
 """Load a base model by name: "tiny" (built, pre-trained and cached on first use) or any llava-hf model.
 
-Whatever the source, the result is a transformers `LlavaForConditionalGeneration` and its
-`LlavaProcessor`, so the engine has one code path.
+The tiny base is a transformers `LlavaForConditionalGeneration` with its `LlavaProcessor`; a pretrained
+model is any supported family's (models/family.py), loaded through transformers' Auto classes, so the
+engine has one code path.
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
-from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+)
 
 from branchlora.atomic import atomic_dir
 from branchlora.data.benchmark import default_cache_dir
+from branchlora.models.family import require_family
 from branchlora.models.pretrain import PretrainConfig, build_tokenizer, pretrain
 from branchlora.models.tiny import TinyConfig, build_model, build_processor, fingerprint
 
@@ -59,13 +68,19 @@ def load_base(
     return model.eval(), processor
 
 
-def load_pretrained(name: str) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A llava-hf model from a local folder or the hub; when neither works, one line saying why."""
+def load_pretrained(name: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A vision-language model of a supported family (models/family.py: LLaVA-1.5, LLaVA-NeXT, OneVision,
+    InternVL, Qwen2-VL, Qwen2.5-VL) from a local folder or the hub, through transformers' Auto classes;
+    when that fails, one line saying why."""
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(name)
-        processor = LlavaProcessor.from_pretrained(name)
+        model = AutoModelForImageTextToText.from_pretrained(name)
+        processor = AutoProcessor.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise ValueError(f"base {str(name)!r}: {_not_loaded(str(name), err)}") from None
+    try:
+        require_family(model)
+    except ValueError as err:
+        raise ValueError(f"base {str(name)!r}: {err}") from None
     setattr(model, INFO_ATTR, {"name": str(name), "pretrain_seconds": 0.0, "caption_loss": None})
     return model.eval(), processor
 
@@ -76,7 +91,7 @@ def _not_loaded(name: str, err: Exception) -> str:
 
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if Path(name).expanduser().is_dir():
-        return f"the folder holds no loadable LLaVA model ({first})"
+        return f"the folder holds no loadable vision-language model ({first})"
     where = "is not a local folder and could not be loaded from the Hugging Face hub"
     if constants.HF_HUB_OFFLINE:
         return f"{where}: offline mode (HF_HUB_OFFLINE=1) and not in the local cache"

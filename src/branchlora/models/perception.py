@@ -169,9 +169,9 @@ def readback(model: nn.Module, collator, n: int, *, seed: int, prompt: str = "De
     predicted = []
     for start in range(0, n, 48):
         chunk = scenes[start : start + 48]
-        ids, pixels = collator.encode([collator.prompt_text(prompt)] * len(chunk), [world.render(s) for s in chunk])
+        ids, visual = collator.encode([collator.prompt_text(prompt)] * len(chunk), [world.render(s) for s in chunk])
         batch = pad([collator.with_bos(row) for row in ids], collator.pad_id, left=True)
-        out = model.generate(**batch, pixel_values=pixels, max_new_tokens=96, do_sample=False,
+        out = model.generate(**batch, **visual, max_new_tokens=96, do_sample=False,
                              pad_token_id=collator.pad_id, eos_token_id=collator.eos_id)  # fmt: skip
         predicted += collator.decode(out[:, batch["input_ids"].shape[1] :])
     right = {fact: [] for fact in READBACK_FACTS}

@@ -1,0 +1,77 @@
+"""Qwen2-VL and Qwen2.5-VL through the whole engine: dynamic-resolution batches, every kind of method trained,
+evaluated with generation, checkpointed and restored, and tasks selected with the keys."""
+
+import pytest
+import torch
+from PIL import Image
+
+from branchlora.adapters import adapter_layers
+from branchlora.batch import samples
+from branchlora.continual import load_checkpoint, run_method
+from branchlora.data.benchmark import TestExample
+from branchlora.data.collate import Collator
+from branchlora.methods import Task, get_method
+from branchlora.models.family import require_family, sample_rows
+from family_support import qwen_model_and_processor
+
+from engine_support import TOY_EVAL, TOY_TRAIN, fresh, toy_stream
+
+METHODS = ["lora", "moelora", "branchlora", "proglora", "lilora", "ewc", "lwf", "olora", "hide", "sefe", "clmoe"]
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def qwen(request, tmp_path_factory):
+    model, processor = qwen_model_and_processor(request.param)
+    data = toy_stream(tmp_path_factory.mktemp("qwen-images"), processor, n_train=8, n_test=2)
+    return request.param, model, processor, data
+
+
+def test_images_of_different_sizes_batch_and_route_on_text(qwen, tmp_path):
+    kind, model, processor, _ = qwen
+    collator = Collator(processor)
+    examples = []
+    for i, image in enumerate([Image.new("RGB", (64, 64), (200, 0, 0)), Image.new("RGB", (40, 90), (0, 0, 200))]):
+        image.save(tmp_path / f"{i}.png")
+        examples.append(TestExample(str(i), tmp_path / f"{i}.png", "What colour?", "red"))
+    batch = collator.prompt_batch(examples)
+    grid = batch["image_grid_thw"]
+    assert grid.shape == (2, 3) and not torch.equal(grid[0], grid[1])  # two patch grids
+    assert batch["pixel_values"].shape[0] == int(grid.prod(-1).sum())
+    image = batch["input_ids"] == processor.image_token_id
+    assert torch.equal(batch["mm_token_type_ids"], image.long())
+    assert image.sum(-1).tolist() == (grid.prod(-1) // 4).tolist()  # one token per merged 2 x 2 patch
+    first = batch["attention_mask"].argmax(dim=-1)  # the first real token, where BranchLoRA's router looks
+    assert not image[torch.arange(2), first].any()
+    rows = sample_rows(model, batch)
+    assert rows.tolist() == [0] * int(grid[0].prod() // 4) + [1] * int(grid[1].prod() // 4)
+    one = list(samples(batch))  # per-sample batches keep each image's own patches
+    assert [s["pixel_values"].shape[0] for s in one] == grid.prod(-1).tolist()
+    family = require_family(model)
+    with torch.no_grad():
+        together = family.embed_image(model, batch)
+        for i, sample in enumerate(one):
+            torch.testing.assert_close(family.embed_image(model, sample)[0], together[i], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_kind_of_method_trains_evaluates_and_restores(qwen, name, tmp_path):
+    kind, model, _, data = qwen
+    adapter = {"r": 8, "alpha": 16, "n_branches": 4}
+    if name == "lilora":
+        adapter = {"r": 8, "alpha": 16, "sub_rank": 4}
+    method, tuned = get_method(name)(adapter), fresh(model)
+    result = run_method(method, tuned, data, TOY_TRAIN, TOY_EVAL, tmp_path)
+    assert len(result.matrix) == 4 and all(0 <= x <= 100 for row in result.matrix for x in row)
+    names = [n for n, _ in adapter_layers(tuned)]
+    assert names and all(".visual.blocks." not in n for n in names)  # never the vision tower
+    restored_method, restored = get_method(name)(adapter), fresh(model)
+    restored_method.setup(restored)
+    assert load_checkpoint(tmp_path / "task-02", restored, restored_method) == 2
+    for (_, layer), (_, again) in zip(adapter_layers(tuned), adapter_layers(restored), strict=True):
+        for key, value in layer.adapter_parameters().items():
+            assert torch.equal(value, again.adapter_parameters()[key]), key
+    if name in ("branchlora", "lilora", "hide", "clmoe"):  # methods that pick their task with the keys
+        batch = data.collator.prompt_batch(data.test[0] + data.test[2])
+        chosen = method.eval_task_ids(tuned, batch, Task(0, data.names[0]))
+        assert chosen.shape[0] == 4
+        assert result.to_json(3)["selector_accuracy"] is not None
