@@ -1,0 +1,24 @@
+"""The shipped Accelerate launch configs load with Accelerate's own reader and say what their names say."""
+
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import ClusterConfig
+from accelerate.utils import DistributedType
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "accelerate"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "processes"),
+    [
+        ("1gpu", DistributedType.NO, 1),
+        ("ddp-8gpu", DistributedType.MULTI_GPU, 8),
+        ("zero2-8gpu", DistributedType.DEEPSPEED, 8),
+    ],
+)
+def test_launch_config(name, kind, processes):
+    config = ClusterConfig.from_yaml_file(str(CONFIGS / f"{name}.yaml"))
+    assert config.distributed_type == kind and config.num_processes == processes and config.mixed_precision == "bf16"
+    if kind == DistributedType.DEEPSPEED:
+        assert config.deepspeed_config["zero_stage"] == 2
