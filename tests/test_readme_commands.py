@@ -30,8 +30,16 @@ def readme_commands() -> list[str]:
     found = []
     for block in re.findall(r"```bash\n(.*?)```", README, re.S):
         found += [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("branchlora ")]
+        found += [launched(line) for line in block.splitlines() if line.startswith("accelerate launch ")]
     found += [" ".join(span.split()) for span in re.findall(r"`(branchlora [^`]+)`", README)]
     return sorted({c for c in found if len(c.split()) > 2 and "<" not in c and "..." not in c})
+
+
+def launched(line: str) -> str:
+    """`accelerate launch --config_file F -m branchlora.cli ARGS` as `branchlora ARGS`, once F is checked to exist."""
+    config = re.search(r"--config_file (\S+)", line).group(1)
+    assert (ROOT / config).is_file(), f"README launches with {config}, which does not exist"
+    return "branchlora " + line.split("-m branchlora.cli ", 1)[1].split("  #")[0].strip()
 
 
 def fake_benchmark(spec: dict, folder: Path, relocate=lambda p: p) -> Path:

@@ -13,7 +13,10 @@ from branchlora.params import count_parameters
 
 
 def params(
-    model: str = typer.Option("llava-1.5-7b", help="llava-1.5-7b, llava-1.5-13b, or PATH/config.json"),
+    model: str = typer.Option(
+        "llava-1.5-7b",
+        help="llava-1.5-7b, -13b, llava-next-7b, llava-onevision-7b, qwen2-vl-7b, qwen2.5-vl-7b, or PATH/config.json",
+    ),
     method: str = typer.Option("branchlora", help="a registered method name"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
