@@ -98,3 +98,24 @@ def qwen_model_and_processor(kind: str) -> tuple[torch.nn.Module, ImageOnlyQwenP
     config = type(model.config)(text_config=text, vision_config=model.config.vision_config.to_dict(), **special)
     torch.manual_seed(0)
     return type(model)(config).eval(), processor
+
+
+def llava_next_model_and_processor() -> tuple[torch.nn.Module, T.LlavaNextProcessor]:
+    """A tiny random LLaVA-NeXT on the tiny base's tokenizer; 28-pixel crops, up to two per image."""
+    from branchlora.models.loading import PACKAGED
+
+    base = T.LlavaProcessor.from_pretrained(PACKAGED)
+    tokenizer, pinpoints = base.tokenizer, [[28, 28], [28, 56], [56, 28]]
+    images = T.LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                       image_grid_pinpoints=pinpoints)  # fmt: skip
+    processor = T.LlavaNextProcessor(images, tokenizer, patch_size=14, vision_feature_select_strategy="default",
+                                     chat_template=base.chat_template, image_token=base.image_token,
+                                     num_additional_image_tokens=1)  # fmt: skip
+    special = {"image_token_index": tokenizer.convert_tokens_to_ids(base.image_token),
+               "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    config = T.LlavaNextConfig(text_config={**TEXT, "model_type": "llama", "vocab_size": len(tokenizer)},
+                               vision_config={**VISION, "model_type": "clip_vision_model"},
+                               image_grid_pinpoints=pinpoints, **special)  # fmt: skip
+    torch.manual_seed(0)
+    return T.LlavaNextForConditionalGeneration(config).eval(), processor

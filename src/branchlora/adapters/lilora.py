@@ -80,12 +80,12 @@ class LiLoRA(AdapterLayer):
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         task = self._task()
+        if not isinstance(task, int) and x.shape[0] != task.shape[0]:  # rows are not samples (a projector's
+            rows = self.context.rows  # input of Qwen's merged patches or LLaVA-NeXT's crops): each row's sample
+            if rows is None or rows.shape[0] != x.shape[0]:
+                raise ValueError(f"{x.shape[0]} input rows, {task.shape[0]} task ids and no row-to-sample map")
+            task = task.to(rows.device)[rows]
         if not isinstance(task, int) and x.dim() == 2:  # a bare (N, d_in) input: one-token sequences
-            if x.shape[0] != task.shape[0]:  # rows are not samples (Qwen-VL's projector): each row's sample
-                rows = self.context.rows
-                if rows is None or rows.shape[0] != x.shape[0]:
-                    raise ValueError(f"{x.shape[0]} input rows, {task.shape[0]} task ids and no row-to-sample map")
-                task = task.to(rows.device)[rows]
             return self._per_sample(out.unsqueeze(1), x.unsqueeze(1), task).squeeze(1)
         if isinstance(task, int):
             z, _, keep = self.project(x, self.lora_A)  # (..., r)

@@ -106,12 +106,19 @@ def require_family(model: nn.Module) -> Family:
 
 
 def sample_rows(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """(N,) the sample of each row of the projector's input where its rows are not samples: Qwen-VL's merger
-    sees all images' merged patches in one sequence, image i's being t * h * w / merge^2 rows.  None elsewhere."""
-    grid = batch.get("image_grid_thw")
-    if grid is None:
+    """(N,) the sample of each row of the projector's input where its rows are not samples; None elsewhere.
+
+    Qwen-VL's merger sees all images' merged patches as one sequence (image i's: t * h * w / merge^2 rows);
+    LLaVA-NeXT and OneVision project every crop of every image (image i's: its number of crops)."""
+    if (grid := batch.get("image_grid_thw")) is not None:
+        merge = require_family(model).part(model, "vision").spatial_merge_size ** 2
+        counts = grid.prod(dim=-1) // merge
+    elif (sizes := batch.get("image_sizes")) is not None:
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        pinpoints, side = model.config.image_grid_pinpoints, model.config.vision_config.image_size
+        counts = torch.tensor([image_size_to_num_patches(size, pinpoints, side) for size in sizes.tolist()])
+    else:
         return None
-    family = require_family(model)
-    merge = family.part(model, "vision").spatial_merge_size ** 2
-    counts = grid.prod(dim=-1) // merge
-    return torch.repeat_interleave(torch.arange(len(counts), device=grid.device), counts)
+    device = batch["input_ids"].device
+    return torch.repeat_interleave(torch.arange(len(counts), device=device), counts.to(device))
