@@ -119,3 +119,41 @@ def llava_next_model_and_processor() -> tuple[torch.nn.Module, T.LlavaNextProces
                                image_grid_pinpoints=pinpoints, **special)  # fmt: skip
     torch.manual_seed(0)
     return T.LlavaNextForConditionalGeneration(config).eval(), processor
+
+
+class ImageOnlyOneVisionProcessor(T.LlavaOnevisionProcessor):
+    """LLaVA-OneVision's processor without its video processor (which needs torchvision, not installed here)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, num_image_tokens=None,
+                 vision_feature_select_strategy=None, image_token="<image>", video_token="<video>",
+                 vision_aspect_ratio="anyres_max_9", **kwargs):  # fmt: skip
+        self.num_image_tokens, self.vision_feature_select_strategy = num_image_tokens, vision_feature_select_strategy
+        self.image_token, self.video_token, self.vision_aspect_ratio = image_token, video_token, vision_aspect_ratio
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
+        T.ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+def llava_onevision_model_and_processor() -> tuple[torch.nn.Module, ImageOnlyOneVisionProcessor]:
+    """A tiny random LLaVA-OneVision (SigLIP tower, Qwen2 LM) on the tiny base's tokenizer; 28-pixel crops."""
+    from transformers.models.llava_onevision import LlavaOnevisionImageProcessorPil
+
+    from branchlora.models.loading import PACKAGED
+
+    base = T.LlavaProcessor.from_pretrained(PACKAGED)
+    tokenizer, pinpoints = base.tokenizer, [[28, 28], [28, 56], [56, 28]]
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<video>"]})
+    images = LlavaOnevisionImageProcessorPil(size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints)
+    processor = ImageOnlyOneVisionProcessor(
+        images, tokenizer, chat_template=base.chat_template, num_image_tokens=4,
+        vision_feature_select_strategy="full", image_token=base.image_token,
+    )  # fmt: skip
+    special = {"image_token_index": processor.image_token_id, "video_token_index": processor.video_token_id,
+               "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    config = T.LlavaOnevisionConfig(text_config={**TEXT, "model_type": "qwen2", "vocab_size": len(tokenizer)},
+                                    vision_config={**VISION, "model_type": "siglip_vision_model"},
+                                    image_grid_pinpoints=pinpoints, vision_feature_select_strategy="full",
+                                    vision_feature_layer=-1, **special)  # fmt: skip
+    torch.manual_seed(0)
+    return T.LlavaOnevisionForConditionalGeneration(config).eval(), processor

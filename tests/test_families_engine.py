@@ -1,5 +1,5 @@
-"""Qwen2-VL, Qwen2.5-VL and LLaVA-NeXT through the whole engine: dynamic-resolution batches and crops, every
-kind of method trained, evaluated with generation, checkpointed and restored, and tasks selected with the keys."""
+"""Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT and OneVision through the whole engine: dynamic-resolution batches, crops,
+every kind of method trained, evaluated with generation, checkpointed and restored, tasks selected with keys."""
 
 import pytest
 import torch
@@ -12,25 +12,47 @@ from branchlora.data.benchmark import TestExample
 from branchlora.data.collate import Collator
 from branchlora.methods import Task, get_method
 from branchlora.models.family import require_family, sample_rows
-from family_support import llava_next_model_and_processor, qwen_model_and_processor
+from family_support import (
+    llava_next_model_and_processor,
+    llava_onevision_model_and_processor,
+    qwen_model_and_processor,
+)
 
 from engine_support import TOY_EVAL, TOY_TRAIN, fresh, toy_stream
 
 METHODS = ["lora", "moelora", "branchlora", "proglora", "lilora", "ewc", "lwf", "olora", "hide", "sefe", "clmoe"]
 
 
+BUILD = {"llava_next": llava_next_model_and_processor, "llava_onevision": llava_onevision_model_and_processor}
+# Every kind of method on Qwen2-VL; on the others, those whose data paths differ: plain, routed with task keys,
+# adapters on the projector (rows that are not samples), per-sample passes (EWC's Fisher).
+PAIRS = [("qwen2_vl", name) for name in METHODS] + [
+    (kind, name)
+    for kind in ("qwen2_5_vl", "llava_next", "llava_onevision")
+    for name in ("lora", "branchlora", "lilora", "ewc")
+]
+
+
 def _family(kind: str, folder):
-    model, processor = llava_next_model_and_processor() if kind == "llava_next" else qwen_model_and_processor(kind)
+    model, processor = BUILD[kind]() if kind in BUILD else qwen_model_and_processor(kind)
     return kind, model, processor, toy_stream(folder, processor, n_train=8, n_test=2)
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    """Each family's model and toy stream, built once."""
+    cache = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            cache[kind] = _family(kind, tmp_path_factory.mktemp(kind))
+        return cache[kind]
+
+    return get
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
 def qwen(request, tmp_path_factory):
-    return _family(request.param, tmp_path_factory.mktemp("images"))
-
-
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl", "llava_next"])
-def family(request, tmp_path_factory):
     return _family(request.param, tmp_path_factory.mktemp("images"))
 
 
@@ -61,9 +83,9 @@ def test_images_of_different_sizes_batch_and_route_on_text(qwen, tmp_path):
             torch.testing.assert_close(family.embed_image(model, sample)[0], together[i], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_every_kind_of_method_trains_evaluates_and_restores(family, name, tmp_path):
-    kind, model, _, data = family
+@pytest.mark.parametrize(("kind", "name"), PAIRS)
+def test_every_kind_of_method_trains_evaluates_and_restores(families, kind, name, tmp_path):
+    _, model, _, data = families(kind)
     adapter = {"r": 8, "alpha": 16, "n_branches": 4}
     if name == "lilora":
         adapter = {"r": 8, "alpha": 16, "sub_rank": 4}
