@@ -26,7 +26,7 @@ from branchlora.adapters import adapter_layers
 from branchlora.adapters.clmoe import CLMoE
 from branchlora.methods.base import MethodOptions, Task, TaskRun
 from branchlora.methods.registry import register_method
-from branchlora.methods.task_keys import KeyedMethod, TaskKeys
+from branchlora.methods.task_keys import IDENTITIES, KeyedMethod, TaskKeys
 
 
 def momentum_weights(new_top: set[int], old_top: set[int], n_experts: int, momentum: float) -> torch.Tensor:
@@ -46,18 +46,17 @@ def merge_experts(layer: CLMoE, start: tuple[torch.Tensor, torch.Tensor], keep: 
 
 @dataclass
 class CLMoEOptions(MethodOptions):
-    beta: float = field(default=0.5, metadata={"help": "weight of the instance router (1 - beta: the task router)"})
-    momentum: float = field(default=0.7, metadata={"help": "share of the old weights an expert keeps, or gives up"})
-    top_experts: int = field(default=2, metadata={"help": "k: the experts that count as a task's own"})
-    task_identity: str = field(default="select", metadata={"help": "test-time task router: select or oracle"})
-    stats_batches: int = field(default=0, metadata={"help": "batches of the task-key pass (0: all)"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 <= self.beta <= 1 or not 0 <= self.momentum <= 1:
-            raise ValueError(f"beta and momentum must be in [0, 1], got {self.beta}, {self.momentum}")
-        if self.task_identity not in ("select", "oracle"):
-            raise ValueError(f"task_identity must be select or oracle, got {self.task_identity!r}")
+    beta: float = field(
+        default=0.5, metadata={"help": "weight of the instance router (1 - beta: the task router)", "min": 0, "max": 1}
+    )
+    momentum: float = field(
+        default=0.7, metadata={"help": "share of the old weights an expert keeps, or gives up", "min": 0, "max": 1}
+    )
+    top_experts: int = field(default=2, metadata={"help": "k: the experts that count as a task's own", "min": 1})
+    task_identity: str = field(
+        default="select", metadata={"help": "test-time task router: select or oracle", "choices": IDENTITIES}
+    )
+    stats_batches: int = field(default=0, metadata={"help": "batches of the task-key pass (0: all)", "min": 0})
 
 
 @register_method("clmoe", "CL-MoE: LoRA experts with instance and task routers, momentum merge between tasks")

@@ -23,7 +23,7 @@ from branchlora.adapters.hide import FUSIONS
 from branchlora.methods.base import MethodOptions, Task, TaskRun
 from branchlora.methods.blocks import PerTaskLoRA
 from branchlora.methods.registry import register_method
-from branchlora.methods.task_keys import KeyedMethod, TaskKeys
+from branchlora.methods.task_keys import IDENTITIES, KeyedMethod, TaskKeys
 
 LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
@@ -41,19 +41,14 @@ def top_layer(names: list[str]) -> list[str]:
 
 @dataclass
 class HiDeOptions(MethodOptions):
-    temperature: float = field(default=0.1, metadata={"help": "tau of the softmax over task similarities"})
-    fusion: str = field(default="factors", metadata={"help": "lower layers at test: factors (official) or updates"})
-    task_identity: str = field(default="select", metadata={"help": "test-time expert: select (anchors) or oracle"})
-    stats_batches: int = field(default=0, metadata={"help": "batches of the anchor pass (0: all)"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.task_identity not in ("select", "oracle"):
-            raise ValueError(f"task_identity must be select or oracle, got {self.task_identity!r}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    temperature: float = field(default=0.1, metadata={"help": "tau of the softmax over task similarities", "above": 0})
+    fusion: str = field(
+        default="factors", metadata={"help": "lower layers at test: factors (official) or updates", "choices": FUSIONS}
+    )
+    task_identity: str = field(
+        default="select", metadata={"help": "test-time expert: select (anchors) or oracle", "choices": IDENTITIES}
+    )
+    stats_batches: int = field(default=0, metadata={"help": "batches of the anchor pass (0: all)", "min": 0})
 
 
 @register_method("hide", "HiDe-LLaVA: a LoRA per task; top layer mixed by task anchors, lower layers fused")

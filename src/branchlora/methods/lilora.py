@@ -20,7 +20,7 @@ from torch import nn
 from branchlora.adapters import LiLoRA, adapter_layers, merge, routing_context
 from branchlora.methods.base import MethodOptions, StepContext, Task, TaskRun
 from branchlora.methods.registry import register_method
-from branchlora.methods.task_keys import KEY_MODES, KeyedMethod, TaskKeys
+from branchlora.methods.task_keys import IDENTITIES, KEY_MODES, KeyedMethod, TaskKeys
 
 
 def stability_loss(current: list[torch.Tensor], anchors: list[torch.Tensor]) -> torch.Tensor:
@@ -40,7 +40,8 @@ def merge_lilora_task(model: nn.Module, task: int) -> nn.Module:
 class LiLoRAOptions(MethodOptions):
     stability_weight: float = field(default=1.0, metadata={"help": "lambda of the cosine stability loss on A"})
     task_identity: str = field(
-        default="select", metadata={"help": "test-time task: select (task keys) or oracle (the true id)"}
+        default="select",
+        metadata={"help": "test-time task: select (task keys) or oracle (the true id)", "choices": IDENTITIES},
     )
     keys: str = field(default="loss", metadata={"help": "task keys: loss (L_align) or prototype"})
     align_weight: float = field(default=1.0, metadata={"help": "lambda of L_align"})
@@ -49,8 +50,6 @@ class LiLoRAOptions(MethodOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types and ranges of every field
-        if self.task_identity not in ("select", "oracle"):
-            raise ValueError(f"task_identity must be select or oracle, got {self.task_identity!r}")
         if self.keys not in KEY_MODES:
             raise ValueError(f"keys must be one of {KEY_MODES}, got {self.keys!r}")
 

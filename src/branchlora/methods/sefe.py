@@ -39,13 +39,10 @@ def masked_l1(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class SEFEOptions(MethodOptions):
-    reg_weight: float = field(default=2500.0, metadata={"help": "lambda of RegLoRA's masked L1 loss"})
-    top_fraction: float = field(default=0.02, metadata={"help": "p: share of the largest entries of B A kept per task"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 < self.top_fraction <= 1:
-            raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+    reg_weight: float = field(default=2500.0, metadata={"help": "lambda of RegLoRA's masked L1 loss", "min": 0})
+    top_fraction: float = field(
+        default=0.02, metadata={"help": "p: share of the largest entries of B A kept per task", "above": 0, "max": 1}
+    )
 
 
 @register_method("sefe", "SEFE's RegLoRA: a LoRA per task, merged; later updates held at earlier key elements")

@@ -17,6 +17,7 @@ from branchlora.models.family import require_family
 from branchlora.selector import align_loss, embed, prototype, select_task, similarity
 
 KEY_MODES = ("loss", "prototype")
+IDENTITIES = ("select", "oracle")  # test-time task: chosen by the keys, or the true one
 
 
 class TaskKeys:
