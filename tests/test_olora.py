@@ -24,9 +24,18 @@ def trained(small_toy, tmp_path_factory):
     return run_toy("olora", ADAPTER, small_toy, tmp_path_factory.mktemp("olora"))
 
 
-def random_blocks(tasks: int = 3) -> TaskLoRA:
+class Weighted(TaskLoRA):
+    """TaskLoRA with per-sample block weights set from outside, as ProgLoRA's and HiDe's layers supply them."""
+
+    given: torch.Tensor | None = None
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.given
+
+
+def random_blocks(tasks: int = 3) -> Weighted:
     torch.manual_seed(0)
-    layer = TaskLoRA(nn.Linear(12, 10), AdapterConfig(kind="tasklora", r=4, alpha=8, dropout=0.0))
+    layer = Weighted(nn.Linear(12, 10), AdapterConfig(kind="tasklora", r=4, alpha=8, dropout=0.0))
     for _ in range(tasks - 1):
         layer.add_block()
     layer = layer.double()
@@ -52,10 +61,11 @@ def test_summed_and_weighted_blocks_match_float64_reference():
 
     torch.testing.assert_close(layer(x), torch.stack([reference(b, [1, 1, 1]) for b in range(3)]))
     per_sample = torch.tensor([[1.0, 0, 0], [0, 0.5, 0.5], [0.2, 0.3, 0.5]], dtype=torch.float64)
-    layer.block_weights = per_sample
+    layer.given = per_sample
     torch.testing.assert_close(layer(x), torch.stack([reference(b, per_sample[b].tolist()) for b in range(3)]))
-    layer.block_weights = per_sample[2]  # one weighting for the whole batch
-    torch.testing.assert_close(layer(x), torch.stack([reference(b, per_sample[2].tolist()) for b in range(3)]))
+    layer.given = per_sample[:2]
+    with pytest.raises(ValueError, match="do not fit"):
+        layer(x)
     assert [p.requires_grad for p in layer.lora_A] == [False, False, True]
 
 

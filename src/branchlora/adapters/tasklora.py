@@ -5,7 +5,7 @@
 Block t is added when task t starts (A_t initialised, B_t zero) and trains on that task only; the
 blocks of earlier tasks are frozen for good.  The weights w_t are 1 for every block (O-LoRA and
 RegLoRA sum their tasks' updates, which is what merging each into W0 would give), or a (B, T) weight
-per sample that a subclass or the method supplies (ProgLoRA's allocation, HiDe's selected expert).
+per sample that a subclass supplies (ProgLoRA's allocation, HiDe's top-layer mix).
 All blocks run as one matmul on the concatenated A's and one on the concatenated B's.
 """
 
@@ -26,7 +26,6 @@ class TaskLoRA(AdapterLayer):
         super().__init__(base_layer, config)
         self.lora_A = nn.ParameterList()  # T x (r, d_in)
         self.lora_B = nn.ParameterList()  # T x (d_out, r)
-        self.block_weights: torch.Tensor | None = None  # (B, T) or (T,) per-block weights set by a method
         self.add_block()
 
     @property
@@ -58,30 +57,22 @@ class TaskLoRA(AdapterLayer):
         self.mark_trainable()
 
     def weights(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Per-block weights: None (every block counts once), (T,) for the batch, or (B, T) per sample."""
-        return self.block_weights
+        """Per-block weights: None (every block counts once), or (B, T) per sample (subclasses)."""
+        return None
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         w = self.weights(x)
         z, _, keep = self.project(x, torch.cat(tuple(self.lora_A)))  # (B, ..., T * r): every block at once
         if w is not None:
-            if w.shape[-1] != self.n_blocks or (w.dim() == 2 and w.shape[0] != x.shape[0]):
+            if w.shape != (x.shape[0], self.n_blocks):
                 raise ValueError(f"block weights {tuple(w.shape)} do not fit B={x.shape[0]}, T={self.n_blocks}")
-            gates = w.repeat_interleave(self.config.r, dim=-1).to(z.dtype)  # block t's chunk = w_t
-            z = z * (gates.view(x.shape[0], *(1,) * (x.dim() - 2), -1) if w.dim() == 2 else gates)
+            gates = w.repeat_interleave(self.config.r, dim=-1).to(z.dtype)  # (B, T * r): block t's chunk = w_t
+            z = z * gates.view(x.shape[0], *(1,) * (x.dim() - 2), -1)  # broadcast over tokens
         return flat_addmm(out, z, torch.cat(tuple(self.lora_B), dim=1), self.scale * keep)
 
-    def block_delta(self, t: int) -> torch.Tensor:
-        """s * B_t A_t: the dense (d_out, d_in) update of task t's block."""
-        return self.scale * self.lora_B[t] @ self.lora_A[t]
-
     def delta_weight(self) -> torch.Tensor:
-        """The summed update (only when no per-sample weights are set): (d_out, d_in)."""
-        w = self.block_weights
-        if w is not None and w.dim() != 1:
-            raise ValueError("per-sample block weights have no single mergeable weight")
-        scale = torch.ones(self.n_blocks) if w is None else w.detach().cpu()
-        return sum(float(c) * self.block_delta(t) for t, c in enumerate(scale.tolist()))
+        """The summed update s * sum_t B_t A_t: (d_out, d_in)."""
+        return self.scale * torch.cat(tuple(self.lora_B), dim=1) @ torch.cat(tuple(self.lora_A))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, blocks={self.n_blocks}"
