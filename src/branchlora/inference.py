@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -76,7 +77,7 @@ def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, m
     index = _task_index(loaded, task) if task else len(loaded.tasks) - 1
     task_ids = loaded.method.eval_task_ids(loaded.model, batch, Task(index, task or ""), oracle=task is not None)
     scores = None if task else loaded.method.task_similarity(loaded.model, batch)
-    rows = sample_rows(loaded.model, batch)
+    rows = partial(sample_rows, loaded.model, batch)
     with routing_context(loaded.model, task_ids, batch["attention_mask"], reuse=True, rows=rows):
         out = loaded.model.generate(
             **model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False,

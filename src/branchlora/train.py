@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -63,7 +64,7 @@ class TrainConfig:
 
 def forward(model: nn.Module, batch: dict[str, torch.Tensor], task_ids: Any, accelerator: Accelerator) -> Any:
     """A model forward with the routing context of this batch (task router, padding)."""
-    rows = sample_rows(model, batch)
+    rows = partial(sample_rows, model, batch)
     with routing_context(model, task_ids, batch["attention_mask"], rows=rows), accelerator.autocast():
         return model(**model_inputs(batch))
 

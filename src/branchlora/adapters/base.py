@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +25,9 @@ class RoutingContext:
         allocator (ProgLoRA) and read by every layer; cleared when a context opens.
     first_rows: (attention_mask, (B, L), rows): the routing-token positions the first routed layer found,
         reused by every later layer that sees the same mask and shape; cleared when a context opens.
-    rows: (N,) the sample of each row of a 2-D layer input whose rows are not samples (Qwen-VL's projector
-        sees every image's merged patches as one sequence); None elsewhere.
+    rows: computes (N,) the sample of each row of a layer input whose rows are not samples (Qwen-VL's
+        projector sees every image's merged patches as one sequence, LLaVA-NeXT's every crop); called only
+        by the layers that need it, as it reads sizes on the host.
     """
 
     task_ids: int | torch.Tensor | None = None
@@ -33,7 +35,7 @@ class RoutingContext:
     reuse: bool = False
     allocation: torch.Tensor | None = None
     first_rows: tuple[torch.Tensor | None, tuple[int, int], torch.Tensor] | None = None
-    rows: torch.Tensor | None = None
+    rows: Callable[[], torch.Tensor | None] | None = None
 
 
 def init_down(weight: torch.Tensor, init: str) -> None:

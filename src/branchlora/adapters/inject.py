@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -107,13 +107,13 @@ def routing_context(
     task_ids: int | torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     reuse: bool = False,
-    rows: torch.Tensor | None = None,
+    rows: Callable[[], torch.Tensor | None] | None = None,
 ) -> Iterator[RoutingContext]:
     """Tell every routed layer which task router to use and where the padding is, for the forwards inside.
 
     With reuse=True (generation), the routing computed at the first forward (prefill) serves every
-    later decoding step, instead of being recomputed from the newest token.  `rows` maps the rows of a
-    projector input that are not samples to their samples (models.family.sample_rows).
+    later decoding step, instead of being recomputed from the newest token.  `rows` computes, when a layer
+    asks, the sample of each row of a projector input whose rows are not samples (models.family.sample_rows).
     """
     layers = [layer for _, layer in adapter_layers(model)]
     if not layers:

@@ -81,8 +81,8 @@ class LiLoRA(AdapterLayer):
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         task = self._task()
         if not isinstance(task, int) and x.shape[0] != task.shape[0]:  # rows are not samples (a projector's
-            rows = self.context.rows  # input of Qwen's merged patches or LLaVA-NeXT's crops): each row's sample
-            if rows is None or rows.shape[0] != x.shape[0]:
+            rows = self.context.rows and self.context.rows()  # input of Qwen's merged patches or crops): each
+            if rows is None or rows.shape[0] != x.shape[0]:  # row takes its sample's task
                 raise ValueError(f"{x.shape[0]} input rows, {task.shape[0]} task ids and no row-to-sample map")
             task = task.to(rows.device)[rows]
         if not isinstance(task, int) and x.dim() == 2:  # a bare (N, d_in) input: one-token sequences

@@ -42,7 +42,6 @@ class Collator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pad_id = self.tokenizer.pad_token_id
         self.bos_id, self.eos_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
-        self.token_types = False  # whether the processor gives per-token type ids (Qwen-VL), set by encode
 
     def prompt_text(self, instruction: str) -> str:
         """The prompt up to and including the assistant's cue, without BOS."""
@@ -73,13 +72,14 @@ class Collator:
         out = self.processor(text=texts, images=images, add_special_tokens=False, padding=True, return_tensors="pt")
         ids, mask = out["input_ids"], out["attention_mask"].bool()
         rows = [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)]
-        self.token_types = "mm_token_type_ids" in out  # rebuilt for our own rows by `finish`
-        # Per-token extras follow the processor's padding, not ours: `finish` rebuilds them.
+        # Per-token extras (Qwen-VL's mm_token_type_ids) follow the processor's padding, not ours: `finish`
+        # rebuilds them for our rows.
         return rows, {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and v.shape != ids.shape}
 
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Add what a model needs per token beside the ids: Qwen-VL's mm_token_type_ids (1 at image tokens)."""
-        if self.token_types:
+        """Add what a model needs per token beside the ids: Qwen-VL's mm_token_type_ids (1 at image tokens),
+        which its forward requires whenever image patch grids (image_grid_thw) come with the batch."""
+        if "image_grid_thw" in batch:
             batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).long()
         return batch
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from statistics import mean
 
 import torch
@@ -59,7 +60,9 @@ def evaluate_task(
         task_ids = method.eval_task_ids(model, batch, task, oracle=config.oracle)
         chosen += chosen_tasks(task_ids)
         with (
-            routing_context(model, task_ids, batch["attention_mask"], reuse=True, rows=sample_rows(model, batch)),
+            routing_context(
+                model, task_ids, batch["attention_mask"], reuse=True, rows=partial(sample_rows, model, batch)
+            ),
             accelerator.autocast(),
         ):
             out = model.generate(

@@ -27,6 +27,11 @@ def _patch_mean(tower: nn.Module, batch: dict[str, torch.Tensor], skip: int) -> 
     return tower(pixels).last_hidden_state[:, skip:].float().mean(dim=1)
 
 
+def _merged_counts(tower: nn.Module, grid: torch.Tensor) -> torch.Tensor:
+    """(B,) Qwen-VL's merged tokens of each image: t * h * w patches over the merge window's area."""
+    return grid.prod(dim=-1) // tower.spatial_merge_size**2
+
+
 def _merged_mean(tower: nn.Module, batch: dict[str, torch.Tensor], skip: int) -> torch.Tensor:
     """(B, d): Qwen-VL's tower returns every image's merged patches in one sequence; average each image's."""
     grid = batch["image_grid_thw"]  # (B, 3): t, h, w patches of each image
@@ -34,8 +39,7 @@ def _merged_mean(tower: nn.Module, batch: dict[str, torch.Tensor], skip: int) ->
     out = tower(batch["pixel_values"].to(dtype), grid_thw=grid)
     feats = out.pooler_output if getattr(out, "pooler_output", None) is not None else out
     feats = feats.last_hidden_state if hasattr(feats, "last_hidden_state") else feats
-    merge = tower.spatial_merge_size**2
-    counts = (grid.prod(dim=-1) // merge).tolist()  # merged tokens per image
+    counts = _merged_counts(tower, grid).tolist()
     return torch.stack([part.float().mean(dim=0) for part in torch.split(feats, counts)])
 
 
@@ -109,10 +113,11 @@ def sample_rows(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     """(N,) the sample of each row of the projector's input where its rows are not samples; None elsewhere.
 
     Qwen-VL's merger sees all images' merged patches as one sequence (image i's: t * h * w / merge^2 rows);
-    LLaVA-NeXT and OneVision project every crop of every image (image i's: its number of crops)."""
+    LLaVA-NeXT and OneVision project every crop of every image (image i's: its number of crops).
+    It reads sizes on the host, so the routing context takes it as a callable that only LiLoRA's projector
+    adapters call (see `routing_context`), never on every step."""
     if (grid := batch.get("image_grid_thw")) is not None:
-        merge = require_family(model).part(model, "vision").spatial_merge_size ** 2
-        counts = grid.prod(dim=-1) // merge
+        counts = _merged_counts(require_family(model).part(model, "vision"), grid)
     elif (sizes := batch.get("image_sizes")) is not None:
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
