@@ -81,10 +81,9 @@ class HiDe(PerTaskLoRA, KeyedMethod):
         self, model: nn.Module, batch: dict[str, torch.Tensor], task: Task, oracle: bool = False
     ) -> int | torch.Tensor | None:
         """(B, T) weights over the learned tasks' top-layer experts, or the true task with the oracle."""
-        if not len(self.keys):
-            return None
-        if oracle or self.options.task_identity == "oracle":
-            return min(task.index, len(self.keys) - 1)
+        oracle = oracle or self.options.task_identity == "oracle"
+        if oracle or not len(self.keys):  # the keys' own rule: the true (or newest learned) task, None before any
+            return self.keys.task_ids(model, batch, task.index, oracle=True)
         similarity = self.keys.similarity(model, batch)  # (B, T): cos_img + cos_txt
         return torch.softmax(similarity / 2 / self.options.temperature, dim=-1)
 
