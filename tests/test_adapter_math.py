@@ -33,7 +33,7 @@ def reference_branchlora(layer, x, mask, routing, task_ids, xd=None):
         logits = router @ h
         order = sorted(range(len(logits)), key=lambda i: -float(logits[i].detach()))[: layer.top_k]
         gates = torch.softmax(logits[order], 0)
-        update = sum(g * layer.lora_B[i] @ A for g, i in zip(gates, order, strict=True))
+        update = sum(g * layer.lora_B[i].t() @ A for g, i in zip(gates, order, strict=True))
         for t in range(x.shape[1]):
             out[b, t] = W0 @ x[b, t] + b0 + layer.scale * update @ xd[b, t]
     return out
@@ -98,7 +98,7 @@ def test_token_routing_and_hydralora_match_reference():
                 logits = layer.routers[0] @ x[b, t]
                 order = logits.argsort(descending=True)[: layer.top_k].tolist()
                 gates = torch.softmax(logits[order], 0)
-                update = sum(g * layer.lora_B[i] @ layer.lora_A for g, i in zip(gates, order, strict=True))
+                update = sum(g * layer.lora_B[i].t() @ layer.lora_A for g, i in zip(gates, order, strict=True))
                 expected[b, t] = layer.base_layer(x[b, t]) + layer.scale * update @ x[b, t]
         torch.testing.assert_close(got, expected)
     assert layer.branch_rank == 3 and layer.n_branches == 8  # HydraLoRA: rank-r heads, dense over N
@@ -121,7 +121,7 @@ def test_branchlora_with_one_branch_equals_lora():
     branch = BranchLoRA(lora.base_layer, AdapterConfig(r=6, n_branches=1, top_k=1, dropout=0.0)).double()
     with torch.no_grad():
         branch.lora_A.copy_(lora.lora_A)
-        branch.lora_B[0].copy_(lora.lora_B)
+        branch.lora_B[0].copy_(lora.lora_B.t())  # B_i stored transposed
     x = torch.randn(3, 4, 12, dtype=torch.float64)
     torch.testing.assert_close(branch(x), lora(x))
 
@@ -144,24 +144,63 @@ def test_lora_equals_peft_lora():
     torch.testing.assert_close(ours.delta_weight(), peft_layer.get_delta_weight("default"))
 
 
-def test_frozen_branches_and_old_routers_do_not_move():
-    layer = wrap(BranchLoRA, r=16, n_branches=4, top_k=2).float()
+@pytest.mark.parametrize("routing", ["first", "token"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_frozen_branches_and_old_routers_do_not_move(routing, weight_decay):
+    """The training loop's optimizer (fused AdamW, frozen rows held under weight decay) on one layer."""
+    from branchlora.train import hold_frozen, make_optimizer
+
+    layer = wrap(BranchLoRA, r=16, n_branches=4, top_k=2, routing=routing).float()
     layer.add_router()
     layer.freeze_branches([0, 2])
     layer.mark_trainable()
     before = {k: v.clone() for k, v in layer.state_dict().items()}
-    opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1)
+    opt = make_optimizer([{"params": [p for p in layer.parameters() if p.requires_grad], "lr": 0.1}], weight_decay)
+    hold_frozen(layer, opt)
     for _ in range(3):
         x = torch.randn(8, 4, 12)  # random inputs: several branches get chosen
         layer(x).square().mean().backward()
+        assert not layer.lora_B.grad[[0, 2]].any()
         opt.step()
         opt.zero_grad()
     after = layer.state_dict()
-    for key in ("lora_B.0", "lora_B.2", "routers.0", "base_layer.weight", "base_layer.bias"):
+    for key in ("routers.0", "base_layer.weight", "base_layer.bias"):
         assert torch.equal(before[key], after[key]), key
+    assert torch.equal(before["lora_B"][[0, 2]], after["lora_B"][[0, 2]])
     for key in ("lora_A", "routers.1"):
         assert not torch.equal(before[key], after[key]), key
-    assert any(not torch.equal(before[f"lora_B.{i}"], after[f"lora_B.{i}"]) for i in (1, 3))
+    assert any(not torch.equal(before["lora_B"][i], after["lora_B"][i]) for i in (1, 3))
+
+
+def test_format_1_checkpoints_load(tmp_path):
+    """Adapters saved with one tensor per branch (format 1, (d_out, r/N) each) load into today's layout."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from branchlora.adapters import adapter_layers, inject_adapters, load_adapters, save_adapters
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 6))
+
+    saved = model()
+    inject_adapters(saved, AdapterConfig(kind="branchlora", r=8, n_branches=4, top_k=2, targets=".*"))
+    with torch.no_grad():
+        for _, layer in adapter_layers(saved):
+            for p in layer.adapter_parameters().values():
+                p.normal_()
+    save_adapters(saved, tmp_path)
+    tensors = load_file(str(tmp_path / "adapters.safetensors"))
+    for key in [k for k in tensors if k.endswith(".lora_B")]:
+        tensors |= {f"{key}.{i}": b.t().contiguous() for i, b in enumerate(tensors.pop(key))}
+    save_file(tensors, str(tmp_path / "adapters.safetensors"))
+    meta = json.loads((tmp_path / "adapters.json").read_text()) | {"format": "branchlora-adapters/1"}
+    (tmp_path / "adapters.json").write_text(json.dumps(meta))
+    loaded = model()
+    load_adapters(loaded, tmp_path)
+    x = torch.randn(3, 2, 12)
+    torch.testing.assert_close(loaded.eval()(x), saved.eval()(x))
 
 
 def test_activity_is_the_summed_top_k_gate_weight():
@@ -169,10 +208,10 @@ def test_activity_is_the_summed_top_k_gate_weight():
     layer.track_activity = True
     x = torch.randn(5, 3, 12, dtype=torch.float64)
     layer(x)
-    idx, w = layer.route(layer.routing_input(x))  # route again: counts twice
-    expected = torch.zeros(4, dtype=torch.float64).index_add_(0, idx.flatten(), w.flatten())
-    torch.testing.assert_close(layer.activity.double(), 2 * expected)
-    assert layer.activity.sum().item() == pytest.approx(10.0)  # each sample contributes weights summing to 1
+    top, idx = (x[:, 0] @ layer.routers[0].t()).topk(2)  # first-token routing
+    expected = torch.zeros(4, dtype=torch.float64).index_add_(0, idx.flatten(), torch.softmax(top, -1).flatten())
+    torch.testing.assert_close(layer.activity.double(), expected)
+    assert layer.activity.sum().item() == pytest.approx(5.0)  # each sample contributes weights summing to 1
 
 
 def test_routing_is_computed_once_when_reused():
@@ -195,8 +234,8 @@ def test_grown_branches_are_invisible_to_old_routers():
     x = torch.randn(6, 2, 12, dtype=torch.float64)
     model = nn.Sequential(layer)
     with routing_context(model, task_ids=0):
-        idx, _ = layer.route(layer.routing_input(x))
-    assert idx.max() < 4
+        gates = layer.route(layer.routing_input(x))
+    assert not gates[:, 4:].any() and (gates[:, :4] > 0).sum(1).eq(2).all()
     with routing_context(model, task_ids=torch.tensor([0, 1, 0, 1, 0, 1])):
         model(x)  # mixed routers of different sizes in one batch
 

@@ -42,10 +42,15 @@ def test_bench_reports_every_method_and_ratio():
     assert set(result["comparisons"]) == {"layer", "step", "generation"}
     # Op counts per wrapped Linear (forward + backward) and per training step, for every method.
     layer_ops, step_ops = result["ops"]["layer"], result["ops"]["step"]
-    assert set(layer_ops) == {"peft_lora", "lora", "moelora", "hydralora", "branchlora"}
+    assert set(layer_ops) == {"peft_lora", "lora", "moelora", "hydralora", "branchlora", "branchlora_frozen"}
     assert set(step_ops) == {"frozen", "lora", "moelora", "branchlora"}
     assert all(0 < ops["kernel_ops"] < ops["aten_ops"] for ops in [*layer_ops.values(), *step_ops.values()])
     assert step_ops["frozen"]["aten_ops"] < step_ops["lora"]["aten_ops"]
+    # Issue 15's target: BranchLoRA issues no more ops than MoELoRA per Linear (with or without frozen
+    # branches), and fewer per training step.
+    for count in ("aten_ops", "kernel_ops"):
+        assert max(layer_ops[m][count] for m in ("branchlora", "branchlora_frozen")) <= layer_ops["moelora"][count]
+        assert step_ops["branchlora"][count] < step_ops["moelora"][count]
     assert set(result["audit"]) == {"frozen", "lora", "moelora", "branchlora"} and result["check"]["routing_agrees"]
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from torch import nn
 
 from branchlora import __version__
+from branchlora.adapters import tunable_count
 from branchlora.config import RunConfig, to_dict
 from branchlora.continual import StreamData, require_same_run, run_method
 from branchlora.data.benchmark import Benchmark, load_benchmark, open_image
@@ -237,7 +238,7 @@ def tunable_parameters(model: nn.Module, method, first_task: str) -> int:
     """What `method` trains on its first task, set up exactly as training sets it up."""
     method.setup(model)
     method.on_task_start(model, Task(0, first_task))
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return tunable_count(model)
 
 
 def print_plan(plan: dict, config: RunConfig, console: Console) -> None:

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 from torch import nn
 
-from branchlora.adapters import adapter_layers
+from branchlora.adapters import adapter_layers, tunable_count
 from branchlora.methods import Task, get_method
 from branchlora.models.parts import projector
 from branchlora.models.presets import LinearStack, build_meta_model
@@ -31,7 +31,7 @@ def count_parameters(
     result = {
         "method": method_name,
         "model": model_spec,
-        "tunable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "tunable": tunable_count(model),
         "total": sum(p.numel() for p in model.parameters()),
         "by_part": parts(model),
     }
@@ -51,7 +51,7 @@ def stream_counts(model: nn.Module, method, n_tasks: int) -> dict[str, int]:
         method.on_task_start(model, Task(t, f"task-{t + 1}"))
         trained.update({id(p): p for p in model.parameters() if p.requires_grad})
     return {
-        f"tunable_at_task_{n_tasks}": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        f"tunable_at_task_{n_tasks}": tunable_count(model),
         f"trained_over_{n_tasks}_tasks": sum(p.numel() for p in trained.values()),
     }
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
-from branchlora.adapters import adapter_layers, routing_context
+from branchlora.adapters import adapter_layers, routing_context, tunable_count
 from branchlora.batch import model_inputs
 from branchlora.methods.base import Method, StepContext, Task
 from branchlora.models.family import sample_rows
@@ -126,6 +126,26 @@ def make_optimizer(groups: list[dict], weight_decay: float) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused)
 
 
+def hold_frozen(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Keep the frozen rows of partly frozen parameters exactly where they are under weight decay.
+
+    Their gradient is zero and the optimizer's state fresh, so Adam moves them by exactly zero; AdamW's
+    decoupled decay shrinks every element all the same, so with decay the rows are put back after each step.
+    """
+    held = [
+        (p, mask, p.detach()[mask].clone()) for _, layer in adapter_layers(model) for p, mask in layer.partly_frozen()
+    ]
+    if not held or not any(group["weight_decay"] for group in optimizer.param_groups):
+        return
+
+    @torch.no_grad()
+    def restore(*_: object) -> None:
+        for p, mask, rows in held:
+            p[mask] = rows
+
+    optimizer.register_step_post_hook(restore)
+
+
 def train_task(
     model: nn.Module,
     method: Method,
@@ -149,12 +169,13 @@ def train_task(
     set_seed(config.seed * 1000 + task.index)  # the task's randomness depends on nothing before it
     method.on_task_start(model, task)
     groups = param_groups(model, method, config)
-    tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # what this task trains
+    tunable = tunable_count(model)  # what this task trains
     generator = torch.Generator().manual_seed(config.seed * 1000 + task.index)
     mixed = [*examples, *replay] if replay else examples
     loader = DataLoader(mixed, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
     updates = config.steps(len(mixed))
     optimizer = make_optimizer(groups, config.weight_decay)
+    hold_frozen(model, optimizer)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
     if accelerator.distributed_type == DistributedType.NO:  # one process: the model needs no wrapper
         wrapped = model

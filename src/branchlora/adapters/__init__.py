@@ -11,6 +11,7 @@ from branchlora.adapters.inject import (
     inject_adapters,
     merge,
     routing_context,
+    tunable_count,
     unwrap,
 )
 from branchlora.adapters.io import load_adapters, save_adapters
@@ -40,5 +41,6 @@ __all__ = [
     "merge",
     "routing_context",
     "save_adapters",
+    "tunable_count",
     "unwrap",
 ]

@@ -101,6 +101,11 @@ class AdapterLayer(nn.Module):
         for p in self.adapter_parameters().values():
             p.requires_grad_(True)
 
+    def partly_frozen(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, (n,) bool mask of its frozen rows) for each trainable parameter whose masked rows do
+        not train (BranchLoRA's frozen branches, which share one tensor with the branches that do)."""
+        return []
+
     def structure(self) -> dict:
         """Shapes a saved file must reproduce before its tensors can load (grown routers, branches)."""
         return {}

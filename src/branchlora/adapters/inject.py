@@ -82,6 +82,15 @@ def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
             yield name, module
 
 
+def tunable_count(model: nn.Module) -> int:
+    """Parameters that train: those requiring a gradient, less the frozen rows of partly frozen ones."""
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(
+        p[0].numel() * int(mask.sum()) for _, layer in adapter_layers(model) for p, mask in layer.partly_frozen()
+    )
+    return total - frozen
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """Put the original Linear modules back (updates are dropped; use `merge` to keep them)."""
     for name, layer in list(adapter_layers(model)):

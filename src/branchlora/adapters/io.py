@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from branchlora.adapters.branchlora import BranchLoRA
 from branchlora.adapters.config import AdapterConfig
 from branchlora.adapters.inject import adapter_layers, inject_adapters
 from branchlora.atomic import atomic_path, write_json
@@ -15,7 +16,8 @@ from branchlora.files import CheckpointError, check_tensors, read_json, read_ten
 
 WEIGHTS = "adapters.safetensors"
 CONFIG = "adapters.json"
-FORMAT = "branchlora-adapters/1"
+FORMAT = "branchlora-adapters/2"
+OLD_FORMATS = ("branchlora-adapters/1",)  # 1: BranchLoRA's branches as N separate (d_out, r/N) tensors
 
 
 def _adapter_state(layer: nn.Module) -> dict[str, torch.Tensor]:
@@ -44,7 +46,7 @@ def read_adapter_config(directory: str | Path) -> tuple[AdapterConfig, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {directory} holds no saved adapters")
     data = read_json(path)
-    if data.get("format") != FORMAT:
+    if data.get("format") not in (FORMAT, *OLD_FORMATS):
         raise CheckpointError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
     adapter, layers = require(data, "adapter", dict, path), require(data, "layers", dict, path)
     try:
@@ -73,7 +75,17 @@ def load_adapters(model: nn.Module, directory: str | Path) -> None:
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise CheckpointError(f"{directory / CONFIG}: layer {name}: bad structure ({err!r})") from None
     expected = {f"{name}.{key}": v for name, layer in layers.items() for key, v in _adapter_state(layer).items()}
-    tensors = read_tensors(directory / WEIGHTS)
+    tensors = upgrade_branches(read_tensors(directory / WEIGHTS), layers)
     check_tensors(directory / WEIGHTS, tensors, expected)
     for name, layer in layers.items():
         layer.load_state_dict({key: tensors[f"{name}.{key}"] for key in _adapter_state(layer)}, strict=False)
+
+
+def upgrade_branches(tensors: dict[str, torch.Tensor], layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Format 1 saved BranchLoRA's branches as N tensors NAME.lora_B.i of shape (d_out, r/N); stack them
+    into today's one (N, r/N, d_out) tensor NAME.lora_B, so older checkpoints keep loading."""
+    for name, layer in layers.items():
+        old = [f"{name}.lora_B.{i}" for i in range(getattr(layer, "n_branches", 0))]
+        if isinstance(layer, BranchLoRA) and f"{name}.lora_B" not in tensors and old and old[0] in tensors:
+            tensors[f"{name}.lora_B"] = torch.stack([tensors.pop(key).t() for key in old if key in tensors])
+    return tensors

@@ -57,16 +57,15 @@ def merge_task(model: nn.Module, task_id: int, example_inputs: dict[str, torch.T
             routes = {name: layer._cached_route for name, layer in layers.items()}
     finally:
         model.train(was_training)
-    for name, (idx, w) in routes.items():  # (B, k) each; check all before swapping any
-        if not (torch.equal(idx, idx[:1].expand_as(idx)) and torch.allclose(w, w[:1].expand_as(w))):
+    for name, gates in routes.items():  # (B, N) each; check all before swapping any
+        if not torch.allclose(gates, gates[:1].expand_as(gates)):
             raise ValueError(f"{name}: the example inputs route differently (their first tokens differ)")
     handle = MergedTask(task_id)
     for name, layer in layers.items():
-        idx, w = routes[name]
         base = layer.base_layer
         merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
         merged = merged.to(device=base.weight.device, dtype=base.weight.dtype).requires_grad_(False)
-        merged.weight.copy_(base.weight + layer.routed_delta_weight(idx[0], w[0]).to(base.weight.dtype))
+        merged.weight.copy_(base.weight + layer.routed_delta_weight(routes[name][0]).to(base.weight.dtype))
         if base.bias is not None:
             merged.bias.copy_(base.bias)
         _set_submodule(model, name, merged)

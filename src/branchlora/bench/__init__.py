@@ -126,7 +126,8 @@ def run_bench(
             k: {key: v[key] for key in ("rounds", "seconds", "converged", "load")} for k, v in comparisons.items()
         },  # fmt: skip
         "ops": {
-            "layer": {m: row["ops"] for m, row in layer.items() if "ops" in row},  # per wrapped Linear fwd + bwd
+            "layer": {m: row["ops"] for m, row in layer.items() if "ops" in row}  # per wrapped Linear fwd + bwd
+            | {"branchlora_frozen": layer["branchlora"]["ops_frozen"]},  # two of its branches frozen
             "step": {m: row["ops"] for m, row in step.items()},  # per training step
         },
     }

@@ -8,6 +8,7 @@ The adapter paths of all methods are timed interleaved (bench/interleave.py), su
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -121,6 +122,19 @@ def whole_layer(shape: Shape, method: str, sizes, device: torch.device) -> dict:
     }
 
 
+def frozen_branch_ops(shape: Shape) -> dict:
+    """BranchLoRA's ops per Linear once two branches are frozen, as on every task after the first."""
+    layer = copy.deepcopy(shape.layers["branchlora"])
+    layer.freeze_branches([0, 1])
+
+    def step() -> None:
+        shape.x.grad = None
+        layer.zero_grad(set_to_none=True)
+        layer(shape.x).backward(shape.grad)
+
+    return count_ops(step)
+
+
 def bench_layers(sizes, device: torch.device, dtype: torch.dtype) -> tuple[dict, dict]:
     """({method: {median_ms, overhead_ms, adapter_fwd_ms, ..., ops, shapes}}, the interleaved comparison).
 
@@ -136,6 +150,7 @@ def bench_layers(sizes, device: torch.device, dtype: torch.dtype) -> tuple[dict,
         for shape in shapes:
             stack.enter_context(stubbed_base(shape.base, shape.out))
         ops = {m: count_ops(lambda m=m: shapes[0].step(m)) for m in ADAPTED}  # the same on every shape
+        ops["branchlora_frozen"] = frozen_branch_ops(shapes[0])
         samplers = {m: adapter_sampler(shapes, m, device, logs[m]) for m in ADAPTED}
         comparison = interleave(samplers, LAYER_RATIOS, sizes.schedule(sizes.warmup, sizes.repeats, sizes.layer_cap_s))
     table = {}
@@ -154,6 +169,8 @@ def bench_layers(sizes, device: torch.device, dtype: torch.dtype) -> tuple[dict,
             entry["adapter_bwd_ms"] = summarise(logs[method]["bwd"])["median_ms"]
             entry["adapter"] = comparison["times"][method]
             entry["ops"] = ops[method]  # per wrapped Linear, forward + backward
+        if method == "branchlora":
+            entry["ops_frozen"] = ops["branchlora_frozen"]
         table[method] = entry
     return table, comparison
 
