@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 import transformers as T
 
@@ -157,3 +159,47 @@ def llava_onevision_model_and_processor() -> tuple[torch.nn.Module, ImageOnlyOne
                                     vision_feature_layer=-1, **special)  # fmt: skip
     torch.manual_seed(0)
     return T.LlavaOnevisionForConditionalGeneration(config).eval(), processor
+
+
+INTERNVL_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<IMG_CONTEXT>\n{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                   "video_token": "<video>"}  # fmt: skip
+
+
+class ImageOnlyInternVLProcessor(T.InternVLProcessor):
+    """InternVL's processor without its video processor (which needs torchvision, not installed here)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length=1, chat_template=None, **kwargs):
+        T.ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+        self.image_seq_length = image_seq_length
+        self.start_image_token, self.end_image_token = tokenizer.start_image_token, tokenizer.end_image_token
+        self.start_image_token_id, self.end_image_token_id = tokenizer.start_image_token_id, tokenizer.end_image_token_id
+        self.image_token, self.video_token = tokenizer.context_image_token, tokenizer.video_token
+        self.image_token_id = tokenizer.context_image_token_id
+        self.multimodal_pattern = re.compile(f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(self.video_token)})")
+
+
+def internvl_model_and_processor() -> tuple[torch.nn.Module, ImageOnlyInternVLProcessor]:
+    """A tiny random InternVL (Qwen2 LM) on the tiny base's tokenizer plus InternVL's image tokens; images are
+    tiled into up to four 28-pixel tiles plus a thumbnail, one image token per tile (2 x 2 patches, shuffled)."""
+    from branchlora.models.loading import PACKAGED
+
+    tokenizer = T.LlavaProcessor.from_pretrained(PACKAGED).tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": list(INTERNVL_TOKENS.values())})
+    for name, token in INTERNVL_TOKENS.items():  # what InternVL's tokenizer config declares
+        setattr(tokenizer, name, token)
+        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    images = T.GotOcr2ImageProcessorPil(size={"height": 28, "width": 28}, crop_to_patches=True, min_patches=1,
+                                        max_patches=4)  # fmt: skip
+    processor = ImageOnlyInternVLProcessor(images, tokenizer, image_seq_length=1, chat_template=INTERNVL_TEMPLATE)
+    vision = {**VISION, "image_size": [28, 28], "patch_size": [14, 14]}
+    special = {"image_token_id": tokenizer.context_image_token_id, "bos_token_id": tokenizer.bos_token_id,
+               "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    config = T.InternVLConfig(text_config={**TEXT, "model_type": "qwen2", "vocab_size": len(tokenizer)},
+                              vision_config=vision, downsample_ratio=0.5, **special)  # fmt: skip
+    torch.manual_seed(0)
+    return T.InternVLForConditionalGeneration(config).eval(), processor

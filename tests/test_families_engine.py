@@ -1,4 +1,4 @@
-"""Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT and OneVision through the whole engine: dynamic-resolution batches, crops,
+"""Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, OneVision and InternVL through the whole engine: dynamic-resolution batches, crops,
 every kind of method trained, evaluated with generation, checkpointed and restored, tasks selected with keys."""
 
 import pytest
@@ -13,6 +13,7 @@ from branchlora.data.collate import Collator
 from branchlora.methods import Task, get_method
 from branchlora.models.family import require_family, sample_rows
 from family_support import (
+    internvl_model_and_processor,
     llava_next_model_and_processor,
     llava_onevision_model_and_processor,
     qwen_model_and_processor,
@@ -23,12 +24,13 @@ from engine_support import TOY_EVAL, TOY_TRAIN, fresh, toy_stream
 METHODS = ["lora", "moelora", "branchlora", "proglora", "lilora", "ewc", "lwf", "olora", "hide", "sefe", "clmoe"]
 
 
-BUILD = {"llava_next": llava_next_model_and_processor, "llava_onevision": llava_onevision_model_and_processor}
+BUILD = {"llava_next": llava_next_model_and_processor, "llava_onevision": llava_onevision_model_and_processor,
+         "internvl": internvl_model_and_processor}
 # Every kind of method on Qwen2-VL; on the others, those whose data paths differ: plain, routed with task keys,
 # adapters on the projector (rows that are not samples), per-sample passes (EWC's Fisher).
 PAIRS = [("qwen2_vl", name) for name in METHODS] + [
     (kind, name)
-    for kind in ("qwen2_5_vl", "llava_next", "llava_onevision")
+    for kind in ("qwen2_5_vl", "llava_next", "llava_onevision", "internvl")
     for name in ("lora", "branchlora", "lilora", "ewc")
 ]
 
@@ -81,6 +83,33 @@ def test_images_of_different_sizes_batch_and_route_on_text(qwen, tmp_path):
         together = family.embed_image(model, batch)
         for i, sample in enumerate(one):
             torch.testing.assert_close(family.embed_image(model, sample)[0], together[i], rtol=1e-4, atol=1e-5)
+
+
+def test_internvl_tiles_batch_split_and_route_on_text(families, tmp_path):
+    """InternVL tiles each image (here 5 tiles for a square image, 3 for a tall one); the collator counts
+    them back from the image tokens, per-sample code splits the tiles by that count."""
+    _, model, processor, _ = families("internvl")
+    collator = Collator(processor)
+    examples = []
+    for i, image in enumerate([Image.new("RGB", (64, 64), (200, 0, 0)), Image.new("RGB", (40, 90), (0, 0, 200))]):
+        image.save(tmp_path / f"{i}.png")
+        examples.append(TestExample(str(i), tmp_path / f"{i}.png", "What colour?", "red"))
+    batch = collator.prompt_batch(examples)
+    tiles = batch["num_patches"]
+    assert tiles.tolist() == [5, 3] and batch["pixel_values"].shape[0] == 8
+    first = batch["attention_mask"].argmax(dim=-1)  # the first real token, where BranchLoRA's router looks
+    assert not (batch["input_ids"] == processor.image_token_id)[torch.arange(2), first].any()
+    assert sample_rows(model, batch).tolist() == [0] * 5 + [1] * 3
+    one = list(samples(batch))
+    assert [s["pixel_values"].shape[0] for s in one] == [5, 3]
+    family = require_family(model)
+    with torch.no_grad():
+        together = family.embed_image(model, batch)
+        logits = model(**{k: v for k, v in batch.items() if k != "num_patches"}).logits
+        for i, sample in enumerate(one):
+            torch.testing.assert_close(family.embed_image(model, sample)[0], together[i], rtol=1e-4, atol=1e-5)
+            alone = model(**{k: v for k, v in sample.items() if k != "num_patches"}).logits[0, -1]
+            torch.testing.assert_close(alone, logits[i, -1], rtol=1e-4, atol=1e-4)  # left padding: last column
 
 
 @pytest.mark.parametrize(("kind", "name"), PAIRS)

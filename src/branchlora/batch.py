@@ -23,6 +23,8 @@ def samples(batch: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]
     patches = None  # Qwen-VL: every image's patches in one tensor, image i's are its grid's t * h * w rows
     if "image_grid_thw" in batch:
         patches = batch["pixel_values"].split(batch["image_grid_thw"].prod(dim=-1).tolist())
+    elif "num_patches" in batch:  # InternVL: every image's tiles in one batch, image i's are its num_patches
+        patches = batch["pixel_values"].split(batch["num_patches"].tolist())
     for i in range(mask.shape[0]):
         keep = mask[i].bool()
         sample = {k: (v[i : i + 1, keep] if v.shape == mask.shape else v[i : i + 1]) for k, v in batch.items()}

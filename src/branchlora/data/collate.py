@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from PIL import Image
+from transformers import InternVLProcessor
 
 from branchlora.data.benchmark import TestExample, TrainExample, open_image
 
@@ -78,9 +79,14 @@ class Collator:
 
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add what a model needs per token beside the ids: Qwen-VL's mm_token_type_ids (1 at image tokens),
-        which its forward requires whenever image patch grids (image_grid_thw) come with the batch."""
+        which its forward requires whenever image patch grids (image_grid_thw) come with the batch.  For
+        InternVL, whose processor tiles each image and drops the count, add num_patches (B,): each image's
+        tiles, read back from its image tokens (image_seq_length per tile); per-sample code splits by it."""
         if "image_grid_thw" in batch:
             batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).long()
+        if isinstance(self.processor, InternVLProcessor):
+            tokens = (batch["input_ids"] == self.processor.image_token_id).sum(dim=-1)
+            batch["num_patches"] = tokens // self.processor.image_seq_length
         return batch
 
     def with_bos(self, ids: list[int]) -> list[int]:

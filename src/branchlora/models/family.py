@@ -27,6 +27,16 @@ def _patch_mean(tower: nn.Module, batch: dict[str, torch.Tensor], skip: int) -> 
     return tower(pixels).last_hidden_state[:, skip:].float().mean(dim=1)
 
 
+def _tile_mean(tower: nn.Module, batch: dict[str, torch.Tensor], skip: int) -> torch.Tensor:
+    """(B, d_vision): InternVL's tiles of all images come as one (tiles, C, H, W) batch, image i's being its
+    `num_patches` (the collator counts them); each image's embedding is the mean of its tiles' patch means."""
+    tiles = _patch_mean(tower, batch, skip)
+    counts = batch.get("num_patches")
+    if counts is None:  # one tile per image
+        return tiles
+    return torch.stack([part.mean(dim=0) for part in torch.split(tiles, counts.tolist())])
+
+
 def _merged_counts(tower: nn.Module, grid: torch.Tensor) -> torch.Tensor:
     """(B,) Qwen-VL's merged tokens of each image: t * h * w patches over the merge window's area."""
     return grid.prod(dim=-1) // tower.spatial_merge_size**2
@@ -88,7 +98,8 @@ FAMILIES = (
     Family("llava-next", ("llava_next",), vision="model.vision_tower", projector="model.multi_modal_projector"),
     Family("llava-onevision", ("llava_onevision",), vision="model.vision_tower",
            projector="model.multi_modal_projector", cls_tokens=0),  # SigLIP: no CLS token
-    Family("internvl", ("internvl",), vision="model.vision_tower", projector="model.multi_modal_projector"),
+    Family("internvl", ("internvl",), vision="model.vision_tower", projector="model.multi_modal_projector",
+           image_embedding=_tile_mean),
     Family("qwen-vl", ("qwen2_vl", "qwen2_5_vl"), vision="model.visual", projector="model.visual.merger",
            image_embedding=_merged_mean, cls_tokens=0),
 )  # fmt: skip
@@ -113,7 +124,8 @@ def sample_rows(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     """(N,) the sample of each row of the projector's input where its rows are not samples; None elsewhere.
 
     Qwen-VL's merger sees all images' merged patches as one sequence (image i's: t * h * w / merge^2 rows);
-    LLaVA-NeXT and OneVision project every crop of every image (image i's: its number of crops).
+    LLaVA-NeXT and OneVision project every crop of every image (image i's: its number of crops), InternVL
+    every tile (image i's: its `num_patches`).
     It reads sizes on the host, so the routing context takes it as a callable that only LiLoRA's projector
     adapters call (see `routing_context`), never on every step."""
     if (grid := batch.get("image_grid_thw")) is not None:
@@ -123,6 +135,8 @@ def sample_rows(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
         pinpoints, side = model.config.image_grid_pinpoints, model.config.vision_config.image_size
         counts = torch.tensor([image_size_to_num_patches(size, pinpoints, side) for size in sizes.tolist()])
+    elif (tiles := batch.get("num_patches")) is not None:
+        counts = tiles
     else:
         return None
     device = batch["input_ids"].device
