@@ -177,10 +177,12 @@ class ImageOnlyInternVLProcessor(T.InternVLProcessor):
         T.ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
         self.image_seq_length = image_seq_length
         self.start_image_token, self.end_image_token = tokenizer.start_image_token, tokenizer.end_image_token
-        self.start_image_token_id, self.end_image_token_id = tokenizer.start_image_token_id, tokenizer.end_image_token_id
+        self.start_image_token_id = tokenizer.start_image_token_id
+        self.end_image_token_id = tokenizer.end_image_token_id
         self.image_token, self.video_token = tokenizer.context_image_token, tokenizer.video_token
         self.image_token_id = tokenizer.context_image_token_id
-        self.multimodal_pattern = re.compile(f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(self.video_token)})")
+        image, video = re.escape(self.image_token), re.escape(self.video_token)
+        self.multimodal_pattern = re.compile(f"(?P<image>{image})|(?P<video>{video})")
 
 
 def internvl_model_and_processor() -> tuple[torch.nn.Module, ImageOnlyInternVLProcessor]:

@@ -24,8 +24,11 @@ from engine_support import TOY_EVAL, TOY_TRAIN, fresh, toy_stream
 METHODS = ["lora", "moelora", "branchlora", "proglora", "lilora", "ewc", "lwf", "olora", "hide", "sefe", "clmoe"]
 
 
-BUILD = {"llava_next": llava_next_model_and_processor, "llava_onevision": llava_onevision_model_and_processor,
-         "internvl": internvl_model_and_processor}
+BUILD = {
+    "llava_next": llava_next_model_and_processor,
+    "llava_onevision": llava_onevision_model_and_processor,
+    "internvl": internvl_model_and_processor,
+}
 # Every kind of method on Qwen2-VL; on the others, those whose data paths differ: plain, routed with task keys,
 # adapters on the projector (rows that are not samples), per-sample passes (EWC's Fisher).
 PAIRS = [("qwen2_vl", name) for name in METHODS] + [
