@@ -15,6 +15,7 @@ CONFIGS = Path(__file__).parents[1] / "configs" / "accelerate"
         ("1gpu", DistributedType.NO, 1),
         ("ddp-8gpu", DistributedType.MULTI_GPU, 8),
         ("zero2-8gpu", DistributedType.DEEPSPEED, 8),
+        ("fsdp-8gpu", DistributedType.MULTI_GPU, 8),  # sharding is branchlora's own: train.shard_frozen
     ],
 )
 def test_launch_config(name, kind, processes):

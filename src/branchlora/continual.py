@@ -32,6 +32,7 @@ from branchlora.methods.base import Method, Task
 from branchlora.models.parts import projector
 from branchlora.replay import replay_items
 from branchlora.selector import confusion
+from branchlora.sharding import gathered
 from branchlora.tracking import RunLog
 from branchlora.train import TrainConfig, train_task
 
@@ -166,7 +167,8 @@ def run_method(
             result.tunable, result.total = stats["tunable"], sum(p.numel() for p in model.parameters())
         result.train_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
-        row, result.chosen = evaluate_all(model, method, data, eval_config, accelerator)
+        with gathered(model):  # a sharded base is gathered for generation
+            row, result.chosen = evaluate_all(model, method, data, eval_config, accelerator)
         stats = {"task": name, **stats, "eval_seconds": time.perf_counter() - t0}
         result.eval_seconds += stats["eval_seconds"]
         rows = len(data.names) if method.joint else 1  # the joint bound: one model for every row

@@ -25,6 +25,7 @@ from branchlora.batch import model_inputs
 from branchlora.methods.base import Method, StepContext, Task
 from branchlora.models.family import sample_rows
 from branchlora.models.parts import projector
+from branchlora.sharding import average_gradients, check_replicated, gathered, shard_frozen
 from branchlora.typed import check_fields
 
 PRECISIONS = ("no", "bf16")
@@ -48,6 +49,9 @@ class TrainConfig:
         default="no", metadata={"help": "no, or bf16 (GPU; on CPU: torch's bf16 autocast)", "choices": PRECISIONS}
     )
     seed: int = field(default=0, metadata={"help": "seed; each task reseeds from it, so resume is exact", "min": 0})
+    shard_frozen: bool = field(
+        default=False, metadata={"help": "several processes: shard the frozen base (FSDP2), adapters stay whole"}
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -98,8 +102,15 @@ def make_accelerator(
     write under `project_dir`."""
     # Branches a step's routing did not choose get no gradient: DDP must allow unused parameters.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp],
-                       log_with=log_with or None, project_dir=project_dir)  # fmt: skip
+    accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp],
+                              log_with=log_with or None, project_dir=project_dir)  # fmt: skip
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "Accelerate's FSDP wrapping cannot follow the parameters continual methods add and freeze between "
+            "tasks; launch with a multi-GPU config (configs/accelerate/fsdp-8gpu.yaml) and set "
+            "train.shard_frozen=true, which shards the frozen base itself"
+        )
+    return accelerator
 
 
 def param_groups(model: nn.Module, method: Method, config: TrainConfig) -> list[dict]:
@@ -168,6 +179,10 @@ def train_task(
     parameters that are not finite at the end, raise DivergedError before the task's hooks run."""
     set_seed(config.seed * 1000 + task.index)  # the task's randomness depends on nothing before it
     method.on_task_start(model, task)
+    sharded = config.shard_frozen and accelerator.num_processes > 1
+    if sharded:
+        shard_frozen(model)  # the first task shards; later ones check that what trains is whole
+        check_replicated(model)
     groups = param_groups(model, method, config)
     tunable = tunable_count(model)  # what this task trains
     generator = torch.Generator().manual_seed(config.seed * 1000 + task.index)
@@ -177,7 +192,7 @@ def train_task(
     optimizer = make_optimizer(groups, config.weight_decay)
     hold_frozen(model, optimizer)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
-    if accelerator.distributed_type == DistributedType.NO:  # one process: the model needs no wrapper
+    if accelerator.distributed_type == DistributedType.NO or sharded:  # no wrapper: one process, or sharding.py
         wrapped = model
         optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
     else:  # DDP, or DeepSpeed ZeRO-2 from `accelerate launch --config_file ...`: model and optimizer together
@@ -197,6 +212,8 @@ def train_task(
                 method.extra_loss(model, ctx)
                 loss = sum(ctx.losses.values())
                 accelerator.backward(loss)
+                if sharded and accelerator.sync_gradients:
+                    average_gradients(trainable)  # what DDP's wrapper does for the unsharded loop
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]  # the adapters' lr for this step (a float: no sync)
@@ -217,7 +234,8 @@ def train_task(
     check_finite_parameters(trainable, method, task, step)  # the last update may have overflowed
     model.eval()
     runner = TaskRunner(examples, collate, task_ids, accelerator, config.batch_size)
-    method.on_task_end(model, task, runner)
+    with gathered(model):  # the task-end passes may differ in length between processes
+        method.on_task_end(model, task, runner)
     accelerator.free_memory()
     return {"steps": step, "seconds": time.perf_counter() - start, "tunable": tunable, **_prefixed(last)}
 
