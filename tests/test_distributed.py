@@ -43,16 +43,22 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_two_process_ddp_keeps_ranks_equal(tmp_path):
+def launch(source: str, tmp_path: Path, port: int) -> None:
+    """Run `source` on two processes under torchrun (gloo), with argv: the micro base's cache, the toy data's
+    folder and the output folder (all under tmp_path)."""
     cache = tmp_path / "cache"
     micro_base(cache)  # build once, before the ranks read it
-    script = tmp_path / "ddp.py"
-    script.write_text(SCRIPT)
+    script = tmp_path / "script.py"
+    script.write_text(source)
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=29531", str(script), cache, tmp_path, tmp_path]
+    cmd = [str(torchrun), "--nproc_per_node=2", f"--master_port={port}", str(script), cache, tmp_path, tmp_path]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_process_ddp_keeps_ranks_equal(tmp_path):
+    launch(SCRIPT, tmp_path, 29531)
     rank0, rank1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
     assert rank0["world"] == rank1["world"] == 2
     for name, a, b in zip(rank0["names"], rank0["params"], rank1["params"], strict=True):
@@ -100,15 +106,7 @@ SHARDED = textwrap.dedent(
 def test_sharded_frozen_base_matches_ddp(tmp_path):
     """train.shard_frozen (FSDP2 on the frozen base, adapters whole): a two-task BranchLoRA run ends with the same
     adapters, frozen branches, routers and keys on both ranks, and the same matrix and adapters as under DDP."""
-    cache = tmp_path / "cache"
-    micro_base(cache)
-    script = tmp_path / "sharded.py"
-    script.write_text(SHARDED)
-    torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=29532", str(script), cache, tmp_path, tmp_path]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch(SHARDED, tmp_path, 29532)
     runs = {(mode, i): torch.load(tmp_path / f"{mode}-rank{i}.pt") for mode in ("ddp", "sharded") for i in (0, 1)}
     assert runs["sharded", 0]["sharded"] and not runs["ddp", 0]["sharded"]
     for mode in ("ddp", "sharded"):

@@ -43,6 +43,15 @@ def _family(kind: str, folder):
     return kind, model, processor, toy_stream(folder, processor, n_train=8, n_test=2)
 
 
+def two_images(folder) -> list[TestExample]:
+    """A square red image and a tall blue one: different patch grids, crops or tiles."""
+    examples = []
+    for i, image in enumerate([Image.new("RGB", (64, 64), (200, 0, 0)), Image.new("RGB", (40, 90), (0, 0, 200))]):
+        image.save(folder / f"{i}.png")
+        examples.append(TestExample(str(i), folder / f"{i}.png", "What colour?", "red"))
+    return examples
+
+
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
     """Each family's model and toy stream, built once."""
@@ -63,12 +72,7 @@ def qwen(request, tmp_path_factory):
 
 def test_images_of_different_sizes_batch_and_route_on_text(qwen, tmp_path):
     kind, model, processor, _ = qwen
-    collator = Collator(processor)
-    examples = []
-    for i, image in enumerate([Image.new("RGB", (64, 64), (200, 0, 0)), Image.new("RGB", (40, 90), (0, 0, 200))]):
-        image.save(tmp_path / f"{i}.png")
-        examples.append(TestExample(str(i), tmp_path / f"{i}.png", "What colour?", "red"))
-    batch = collator.prompt_batch(examples)
+    batch = Collator(processor).prompt_batch(two_images(tmp_path))
     grid = batch["image_grid_thw"]
     assert grid.shape == (2, 3) and not torch.equal(grid[0], grid[1])  # two patch grids
     assert batch["pixel_values"].shape[0] == int(grid.prod(-1).sum())
@@ -92,12 +96,7 @@ def test_internvl_tiles_batch_split_and_route_on_text(families, tmp_path):
     """InternVL tiles each image (here 5 tiles for a square image, 3 for a tall one); the collator counts
     them back from the image tokens, per-sample code splits the tiles by that count."""
     _, model, processor, _ = families("internvl")
-    collator = Collator(processor)
-    examples = []
-    for i, image in enumerate([Image.new("RGB", (64, 64), (200, 0, 0)), Image.new("RGB", (40, 90), (0, 0, 200))]):
-        image.save(tmp_path / f"{i}.png")
-        examples.append(TestExample(str(i), tmp_path / f"{i}.png", "What colour?", "red"))
-    batch = collator.prompt_batch(examples)
+    batch = Collator(processor).prompt_batch(two_images(tmp_path))
     tiles = batch["num_patches"]
     assert tiles.tolist() == [5, 3] and batch["pixel_values"].shape[0] == 8
     first = batch["attention_mask"].argmax(dim=-1)  # the first real token, where BranchLoRA's router looks
