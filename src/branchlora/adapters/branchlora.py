@@ -8,7 +8,7 @@
 Only the k chosen branches count: each sample's gates g (N,) are the softmax over its top-k logits and
 zero elsewhere, its effective B = sum_i g_i B_i (d_out x r/N), and one batched matmul adds its update
 into the base output.  The branches are one parameter `lora_B` of shape (N, r/N, d_out), each B_i stored
-transposed so that the mixed B comes out in the layout that matmul reads (B_i itself is `branch(i)`);
+transposed so that the mixed B comes out in the layout that matmul reads (B_i itself is `lora_B[i].t()`);
 eight separate parameters would cost a stack, eight views and eight gradient accumulations per layer.
 A frozen branch still runs in the forward pass; its gradient is zeroed in the backward pass, and as
 every task starts a fresh AdamW, a zero gradient is a zero update (`hold_frozen` in train.py undoes
@@ -56,15 +56,14 @@ class BranchLoRA(AdapterLayer):
     def n_branches(self) -> int:
         return self.lora_B.shape[0]
 
-    def branch(self, i: int) -> torch.Tensor:
-        """B_i, (d_out, r/N)."""
-        return self.lora_B[i].t()
+    def frozen_rows(self) -> torch.Tensor | None:
+        """(N,) mask of the frozen branches while others train (their gradient is zeroed); else None."""
+        return self.frozen_mask if self.lora_B.requires_grad and any(self.frozen) else None
 
     def branches(self) -> torch.Tensor:
         """(N, r/N, d_out), the B_i transposed, as the forward pass uses them: frozen ones get no gradient."""
-        if self.lora_B.requires_grad and any(self.frozen):
-            return KeepFrozen.apply(self.lora_B, self.frozen_mask)
-        return self.lora_B
+        frozen = self.frozen_rows()
+        return self.lora_B if frozen is None else KeepFrozen.apply(self.lora_B, frozen)
 
     @property
     def n_routers(self) -> int:
@@ -109,9 +108,8 @@ class BranchLoRA(AdapterLayer):
             router.requires_grad_(i == self.n_routers - 1)
 
     def partly_frozen(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        if self.lora_B.requires_grad and any(self.frozen):
-            return [(self.lora_B, self.frozen_mask)]
-        return []
+        frozen = self.frozen_rows()
+        return [] if frozen is None else [(self.lora_B, frozen)]
 
     def structure(self) -> dict:
         return {
@@ -225,8 +223,7 @@ class BranchLoRA(AdapterLayer):
         pass over the tokens; a gather of the k chosen branches cost more, because its backward
         (index_put with accumulation) sorts the indices on a GPU.
         """
-        frozen = self.frozen_mask if self.lora_B.requires_grad and any(self.frozen) else None
-        return MixBranches.apply(gates, self.lora_B, frozen, scale)
+        return MixBranches.apply(gates, self.lora_B, self.frozen_rows(), scale)
 
     def routed_delta_weight(self, gates: torch.Tensor) -> torch.Tensor:
         """The dense update for one fixed routing (gates: (N,)): s * B_eff A, (d_out, d_in)."""
