@@ -143,10 +143,12 @@ def hold_frozen(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     Their gradient is zero and the optimizer's state fresh, so Adam moves them by exactly zero; AdamW's
     decoupled decay shrinks every element all the same, so with decay the rows are put back after each step.
     """
+    if not any(group["weight_decay"] for group in optimizer.param_groups):
+        return
     held = [
         (p, mask, p.detach()[mask].clone()) for _, layer in adapter_layers(model) for p, mask in layer.partly_frozen()
     ]
-    if not held or not any(group["weight_decay"] for group in optimizer.param_groups):
+    if not held:
         return
 
     @torch.no_grad()

@@ -85,7 +85,7 @@ def upgrade_branches(tensors: dict[str, torch.Tensor], layers: dict[str, nn.Modu
     """Format 1 saved BranchLoRA's branches as N tensors NAME.lora_B.i of shape (d_out, r/N); stack them
     into today's one (N, r/N, d_out) tensor NAME.lora_B, so older checkpoints keep loading."""
     for name, layer in layers.items():
-        old = [f"{name}.lora_B.{i}" for i in range(getattr(layer, "n_branches", 0))]
-        if isinstance(layer, BranchLoRA) and f"{name}.lora_B" not in tensors and old and old[0] in tensors:
-            tensors[f"{name}.lora_B"] = torch.stack([tensors.pop(key).t() for key in old if key in tensors])
+        old = [f"{name}.lora_B.{i}" for i in range(layer.n_branches)] if isinstance(layer, BranchLoRA) else []
+        if old and all(key in tensors for key in old):  # else check_tensors names what is missing
+            tensors[f"{name}.lora_B"] = torch.stack([tensors.pop(key).t() for key in old])
     return tensors

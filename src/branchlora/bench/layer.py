@@ -66,9 +66,13 @@ class Shape:
     layers: dict[str, nn.Module]
 
     def forward(self, method: str) -> torch.Tensor:
+        return self.call(self.layers[method])
+
+    def call(self, layer: nn.Module) -> torch.Tensor:
+        """`layer` on x, with the gradients of x and of the layer cleared."""
         self.x.grad = None
-        self.layers[method].zero_grad(set_to_none=True)
-        return self.layers[method](self.x)
+        layer.zero_grad(set_to_none=True)
+        return layer(self.x)
 
     def step(self, method: str) -> None:
         self.forward(method).backward(self.grad)
@@ -126,13 +130,7 @@ def frozen_branch_ops(shape: Shape) -> dict:
     """BranchLoRA's ops per Linear once two branches are frozen, as on every task after the first."""
     layer = copy.deepcopy(shape.layers["branchlora"])
     layer.freeze_branches([0, 1])
-
-    def step() -> None:
-        shape.x.grad = None
-        layer.zero_grad(set_to_none=True)
-        layer(shape.x).backward(shape.grad)
-
-    return count_ops(step)
+    return count_ops(lambda: shape.call(layer).backward(shape.grad))
 
 
 def bench_layers(sizes, device: torch.device, dtype: torch.dtype) -> tuple[dict, dict]:
