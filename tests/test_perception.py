@@ -12,7 +12,7 @@ from branchlora.cli import app
 from branchlora.data import world
 from branchlora.data.collate import Collator
 from branchlora.models.loading import INFO_FILE, PACKAGED, packaged_fingerprint
-from branchlora.models.perception import READBACK_FACTS, patch_shares, read_caption
+from branchlora.models.perception import READBACK_FACTS, PerceptionHeads, patch_shares, perception_loss, read_caption
 from branchlora.models.pretrain import PretrainConfig, text_batch
 from branchlora.models.tiny import TinyConfig, fingerprint
 
@@ -95,3 +95,25 @@ def micro_processor(tmp_path_factory):
     from engine_support import micro_base
 
     return micro_base(tmp_path_factory.mktemp("cache"))[1]
+
+
+def test_position_targets_are_the_patches_row_and_column():
+    """Heads that read the row and column off a one-hot patch index score perfectly; swapped ones do not.
+    The targets follow patch_shares' row-major order, so "where" matches the patch the labels describe."""
+    side, width = 4, 16
+    patches = torch.eye(width).expand(2, width, width)  # (B, P, d): patch p's features are one-hot p
+    tower = lambda pixels: type("Out", (), {"last_hidden_state": torch.cat([patches[:, :1], patches], 1)})  # noqa: E731
+    heads = PerceptionHeads(width, side)
+    index = torch.arange(width)
+    with torch.no_grad():
+        for head, target in ((heads.row, index // side), (heads.column, index % side)):
+            head.weight.copy_(20.0 * torch.nn.functional.one_hot(target, side).T.float())
+            head.bias.zero_()
+    batch = {"pixel_values": None, "degraded": torch.zeros(2), "words": torch.zeros(2, len(world.WORD_LABELS)),
+             **{k: torch.full((2, width, n), 1.0 / n) for k, n in (("kind", len(world.SHAPE_LABELS)),
+                ("colour", len(world.COLOUR_LABELS)), ("word", 1 + len(world.WORD_LABELS)))}}  # fmt: skip
+    result = perception_loss(tower, heads, batch)
+    assert result["accuracy"]["where"] == 1.0 and result["losses"]["row"] < 1e-6 > result["losses"]["column"]
+    with torch.no_grad():
+        heads.row.weight, heads.column.weight = heads.column.weight, heads.row.weight
+    assert perception_loss(tower, heads, batch)["accuracy"]["where"] == 1 / side

@@ -23,19 +23,24 @@ from branchlora.data.collate import pad
 
 
 class PerceptionHeads(nn.Module):
-    """Linear read-outs of the tower's patch features: per patch (kind, colour, word), per image (words, degraded)."""
+    """Linear read-outs of the tower's patch features: per patch (kind, colour, word, row, column), per image
+    (words, degraded).  Row and column keep where a patch is in its features, as CLIP's patches do: dense
+    targets alone let the tower drop it, and the language model then cannot say where things are."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, side: int) -> None:
         super().__init__()
         self.kind = nn.Linear(width, len(world.SHAPE_LABELS))
         self.colour = nn.Linear(width, len(world.COLOUR_LABELS))
         self.word = nn.Linear(width, 1 + len(world.WORD_LABELS))
         self.words = nn.Linear(width, len(world.WORD_LABELS))
         self.degraded = nn.Linear(width, 1)
+        self.row = nn.Linear(width, side)
+        self.column = nn.Linear(width, side)
 
     def forward(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:  # patches: (B, P, d)
         pooled = patches.mean(dim=1)  # (B, d): what the projector passes on is the patches, so read them
         return {"kind": self.kind(patches), "colour": self.colour(patches), "word": self.word(patches),
+                "row": self.row(patches), "column": self.column(patches),
                 "words": self.words(pooled), "degraded": self.degraded(pooled).squeeze(-1)}  # fmt: skip
 
 
@@ -82,15 +87,21 @@ def perception_loss(tower: nn.Module, heads: PerceptionHeads, batch: dict[str, t
     for name in ("kind", "colour", "word"):
         ce = -(batch[name] * F.log_softmax(out[name], dim=-1)).sum(-1)  # (B, P)
         losses[name] = (ce * clear).sum() / clear.sum().clamp_min(1) / ce.shape[1]
+    side = out["row"].shape[-1]
+    where = torch.arange(out["row"].shape[1])
+    for name, target in (("row", where // side), ("column", where % side)):
+        losses[name] = F.cross_entropy(out[name].flatten(0, 1), target.repeat(out[name].shape[0]))
     losses["words"] = F.binary_cross_entropy_with_logits(out["words"], batch["words"])
     losses["degraded"] = F.binary_cross_entropy_with_logits(out["degraded"], batch["degraded"])
     with torch.no_grad():
         has_word = batch["words"].sum(-1) > 0
         word_right = out["words"].argmax(-1) == batch["words"].argmax(-1)
+        placed = (out["row"].argmax(-1) == where // side) & (out["column"].argmax(-1) == where % side)
         accuracy = {
             "kind": _patch_accuracy(out["kind"], batch["kind"], clear),
             "colour": _patch_accuracy(out["colour"], batch["colour"], clear),
             "word": word_right[has_word].float().mean().item() if has_word.any() else float("nan"),
+            "where": placed.float().mean().item(),
         }
     return {"losses": losses, "accuracy": accuracy}
 
@@ -106,7 +117,8 @@ def train_tower(tower: nn.Module, image_processor, patch: int, cfg, *, seed: int
 
     `cfg` is the base's PretrainConfig (tower_steps, tower_batch_size, tower_lr, warmup); `log(step, status)`."""
     torch.manual_seed(seed)
-    heads = PerceptionHeads(tower.config.hidden_size)
+    side = tower.config.image_size // patch
+    heads = PerceptionHeads(tower.config.hidden_size, side)
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.tower_lr, weight_decay=0.01)
     rng = random.Random(f"perception/{seed}")
@@ -116,7 +128,10 @@ def train_tower(tower: nn.Module, image_processor, patch: int, cfg, *, seed: int
             group["lr"] = cfg.tower_lr * schedule(step, cfg.tower_steps, cfg.warmup)
         batch = perception_batch(rng, cfg.tower_batch_size, image_processor, patch)
         result = perception_loss(tower, heads, batch)
-        loss = sum(result["losses"].values())
+        losses = result["losses"]
+        loss = sum(v for k, v in losses.items() if k not in ("row", "column"))
+        if cfg.tower_position:  # off: the same graph, so the same tower, as the recipe without it
+            loss = loss + cfg.tower_position * (losses["row"] + losses["column"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

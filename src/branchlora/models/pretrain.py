@@ -6,6 +6,11 @@ top left and the word fox written in blue ..."), asked with a few describe-the-i
 chat format.  The base knows the world and the format but none of the eight instruction tasks, so there is
 something left for continual tuning to learn.  How well it sees is measured by reading its own captions of
 held-out scenes back into facts (perception.readback).
+
+Three options of the recipe are off in the committed base (docs/sweep.md, round 5, measures them): stage 1's
+patch row and column targets (`tower_position`), general questions about the image among stage 2's samples
+(`qa_share`, LLaVA-1.5's instruction tuning in miniature, data/questions.py) and questions about a scene told
+in words among its text-alone lines (`reading_share`).  Off, they draw nothing and the recipe is unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
-from branchlora.data import world
+from branchlora.data import questions, world
 from branchlora.data.collate import IGNORE_INDEX, Collator, pad
 from branchlora.data.minicoin import GENERATORS, MiniCoinOptions
 from branchlora.models.perception import readback, schedule, train_tower
@@ -36,10 +41,17 @@ class PretrainConfig:
     tower_steps: int = field(default=1200, metadata={"help": "stage 1: perception steps of the vision tower"})
     tower_batch_size: int = field(default=64, metadata={"help": "stage 1: images per step"})
     tower_lr: float = field(default=2e-3, metadata={"help": "stage 1: peak learning rate"})
+    tower_position: float = field(
+        default=0.0, metadata={"help": "stage 1: weight of each patch's row and column targets"}
+    )
     steps: int = field(default=2000, metadata={"help": "stage 2: caption steps of projector + language model"})
     batch_size: int = field(default=16, metadata={"help": "stage 2: captions per step"})
     lr: float = field(default=2e-3, metadata={"help": "stage 2: peak learning rate"})
     text_every: int = field(default=4, metadata={"help": "stage 2: every n-th step is text alone (task words)"})
+    reading_share: float = field(default=0.0, metadata={"max": 1, "help": "stage 2: share of text-alone lines that "
+                                                        "answer a question about a scene told in words"})  # fmt: skip
+    qa_share: float = field(default=0.0, metadata={"help": "stage 2: share of samples that are general questions",
+                                                   "max": 1})  # fmt: skip
     warmup: int = field(default=50, metadata={"help": "linear warm-up steps of each stage (then cosine)"})
     tokenizer_texts: int = field(default=3000, metadata={"help": "captions (and task texts) the tokenizer learns"})
     heldout: int = field(default=64, metadata={"help": "held-out captions of the reported caption loss"})
@@ -68,10 +80,12 @@ def task_words(rng: random.Random, opts: MiniCoinOptions) -> list[str]:
     return [f"USER: {item.instruction} ASSISTANT:", f"ASSISTANT: {item.answer}"]
 
 
-def tokenizer_corpus(seed: int, count: int, image_size: int) -> list[str]:
+def tokenizer_corpus(seed: int, count: int, image_size: int, questions_too: bool = False) -> list[str]:
     """Captions plus the words of task instructions and answers, so no task text splits into bytes."""
     rng = random.Random(f"tokenizer/{seed}")
     texts = [world.caption(world.random_scene(rng, image_size)) for _ in range(count)]
+    if questions_too:
+        texts += [" ".join(questions.ask(rng, world.random_scene(rng, image_size))) for _ in range(count // 2)]
     texts += [f"USER: {p} ASSISTANT:" for p in CAPTION_PROMPTS] * 50
     opts = MiniCoinOptions(seed=seed, instructions="10type", image_size=image_size)
     for _ in range(count // 20 * len(GENERATORS)):
@@ -79,11 +93,23 @@ def tokenizer_corpus(seed: int, count: int, image_size: int) -> list[str]:
     return texts
 
 
-def text_batch(collator: Collator, rng: random.Random, n: int, image_size: int) -> dict[str, torch.Tensor]:
+def reading_line(rng: random.Random, image_size: int) -> str:
+    """A question about a scene told in words, and its answer: the reading an LLM learns before it sees, so
+    that "the colour of the diamond" looks for the diamond (a LM trained on captions alone ignores the question)."""
+    scene = world.random_scene(rng, image_size)
+    question, answer = questions.ask(rng, scene)
+    return f"USER: {world.caption(scene)} {question} ASSISTANT: {answer}"
+
+
+def text_batch(
+    collator: Collator, rng: random.Random, n: int, image_size: int, reading_share: float = 0.0
+) -> dict[str, torch.Tensor]:
     """Language modelling on task words alone (no image), as an LLM knows its language before LLaVA tunes
-    it: without it the embeddings and output rows of every word outside the captions stay random."""
+    it: without it the embeddings and output rows of every word outside the captions stay random.  With
+    `reading_share`, that share of the lines are questions about scenes told in words (reading_line)."""
     opts = MiniCoinOptions(instructions="10type", image_size=image_size)
-    lines = [rng.choice(task_words(rng, opts)) for _ in range(n)]
+    lines = [reading_line(rng, image_size) if reading_share and rng.random() < reading_share
+             else rng.choice(task_words(rng, opts)) for _ in range(n)]  # fmt: skip
     rows = [collator.with_bos(collator.tokens(t)) + [collator.eos_id] for t in lines]
     batch = pad(rows, collator.pad_id, left=False)
     batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
@@ -91,13 +117,25 @@ def text_batch(collator: Collator, rng: random.Random, n: int, image_size: int) 
 
 
 def build_tokenizer(seed: int, cfg: PretrainConfig, vocab_size: int, image_size: int) -> PreTrainedTokenizerFast:
-    return train_tokenizer(tokenizer_corpus(seed, cfg.tokenizer_texts, image_size), vocab_size)
+    return train_tokenizer(
+        tokenizer_corpus(seed, cfg.tokenizer_texts, image_size, cfg.qa_share + cfg.reading_share > 0), vocab_size
+    )
 
 
-def caption_batch(collator: Collator, rng: random.Random, n: int, size: int) -> dict[str, torch.Tensor]:
+def describe(rng: random.Random, scene: world.Scene, qa_share: float) -> tuple[str, str]:
+    """A caption request, or with probability `qa_share` a general question (data/questions.py), and its answer."""
+    if qa_share and rng.random() < qa_share:  # no draw when off, so the recipe without questions is unchanged
+        return questions.ask(rng, scene)
+    return rng.choice(CAPTION_PROMPTS), world.caption(scene)
+
+
+def caption_batch(
+    collator: Collator, rng: random.Random, n: int, size: int, qa_share: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """Stage 2's image batches: random scenes, each with a caption request or a general question."""
     scenes = [world.random_scene(rng, size) for _ in range(n)]
-    prompts = [rng.choice(CAPTION_PROMPTS) for _ in scenes]
-    return collator.encode_train([world.render(s) for s in scenes], prompts, [world.caption(s) for s in scenes])
+    prompts, answers = zip(*(describe(rng, s, qa_share) for s in scenes), strict=True)
+    return collator.encode_train([world.render(s) for s in scenes], list(prompts), list(answers))
 
 
 def learning_rate(step: int, cfg: PretrainConfig) -> float:
@@ -151,9 +189,10 @@ def train_captions(model: LlavaForConditionalGeneration, processor, cfg: Pretrai
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
         text = cfg.text_every and step % cfg.text_every == cfg.text_every - 1
-        loss = model(
-            **(text_batch if text else caption_batch)(collator, rng, cfg.batch_size, processor_size(processor))
-        ).loss
+        size = processor_size(processor)
+        batch = text_batch(collator, rng, cfg.batch_size, size, cfg.reading_share) if text else caption_batch(
+            collator, rng, cfg.batch_size, size, cfg.qa_share)  # fmt: skip
+        loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

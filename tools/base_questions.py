@@ -1,0 +1,86 @@
+"""How well a base answers the general questions of data/questions.py, per kind of question: about the image,
+or (`--read-steps N`) about the scene told in words, after N steps of training its language model on such
+text alone (pretrain.reading_line), to ask whether the language model can bind a question to what it reads.
+
+    OMP_NUM_THREADS=1 python tools/base_questions.py [--base FOLDER] [--per-kind 48]
+    OMP_NUM_THREADS=1 python tools/base_questions.py --read-steps 2000
+
+Exact match of the whole answer sentence on held-out scenes (no degraded photos), greedy decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import torch
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+from branchlora.data import questions, world
+from branchlora.data.collate import Collator, pad
+from branchlora.models.loading import PACKAGED
+from branchlora.models.perception import schedule
+from branchlora.models.pretrain import text_batch
+
+
+def train_reading(model, collator: Collator, steps: int, lr: float = 2e-3) -> None:
+    """Projector and language model trained on questions about scenes told in words (no image)."""
+    model.model.vision_tower.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = random.Random("reading")
+    model.train()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * schedule(step, steps, 50)
+        loss = model(**text_batch(collator, rng, 16, 64, reading_share=1.0)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 500 == 0 or step == steps - 1:
+            print(f"reading step {step}: loss {loss.item():.3f}", flush=True)
+    model.eval()
+
+
+@torch.no_grad()
+def answers(model, collator: Collator, items: list, in_words: bool) -> list[str]:
+    """Greedy answers to (scene, (question, answer)) items, shown the image or told the scene's caption."""
+    if in_words:
+        rows = [collator.tokens(f"USER: {world.caption(s)} {q} ASSISTANT:") for s, (q, _) in items]
+        visual = {}
+    else:
+        rows, visual = collator.encode([collator.prompt_text(q) for _, (q, _) in items],
+                                       [world.render(s) for s, _ in items])  # fmt: skip
+    batch = pad([collator.with_bos(row) for row in rows], collator.pad_id, left=True)
+    out = model.generate(**batch, **visual, max_new_tokens=40, do_sample=False, pad_token_id=collator.pad_id,
+                         eos_token_id=collator.eos_id)  # fmt: skip
+    return [text.strip() for text in collator.decode(out[:, batch["input_ids"].shape[1] :])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=str(PACKAGED), help="folder of a tiny base (default: the committed one)")
+    parser.add_argument("--per-kind", type=int, default=48)
+    parser.add_argument("--read-steps", type=int, default=0, help="train on text alone first; ask in words")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration.from_pretrained(args.base).eval()
+    collator = Collator(LlavaProcessor.from_pretrained(args.base), prompt_format="llava")
+    if args.read_steps:
+        train_reading(model, collator, args.read_steps)
+    rng = random.Random("base-questions")
+    print("| question | exact match % | example: truth -> said |\n|---|---|---|")
+    for asker in questions.ASKERS:
+        items = []
+        while len(items) < args.per_kind:
+            scene = world.random_scene(rng, degraded=0.0)
+            if (scene.shapes or asker is questions.read) and (asked := asker(rng, scene)):
+                items.append((scene, asked))
+        said = answers(model, collator, items, in_words=args.read_steps > 0)
+        right = sum(s == a for s, (_, (_, a)) in zip(said, items, strict=True))
+        print(f"| {asker.__name__} | {100 * right / len(items):.0f} | {items[0][1][1]} -> {said[0]} |")
+
+
+if __name__ == "__main__":
+    main()
