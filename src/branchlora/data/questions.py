@@ -27,9 +27,14 @@ def name(item: Shape) -> str:
     return f"{item.colour} {item.shape}"
 
 
+def unique_by(scene: Scene, key: Callable[[Shape], str]) -> list[Shape]:
+    """The shapes whose `key` (shape, colour or both) no other shape of the scene shares."""
+    return [s for s in scene.shapes if sum(key(o) == key(s) for o in scene.shapes) == 1]
+
+
 def named(scene: Scene) -> list[Shape]:
     """The shapes that "the <colour> <shape>" picks out alone (count scenes may repeat a look)."""
-    return [s for s in scene.shapes if sum(name(o) == name(s) for o in scene.shapes) == 1]
+    return unique_by(scene, name)
 
 
 def quarters(box: world.Box, size: int) -> tuple[int, ...]:
@@ -39,16 +44,14 @@ def quarters(box: world.Box, size: int) -> tuple[int, ...]:
 
 
 def colour_of(rng: random.Random, scene: Scene) -> Question | None:
-    unique = [s for s in scene.shapes if sum(o.shape == s.shape for o in scene.shapes) == 1]
-    if not unique:
+    if not (unique := unique_by(scene, lambda s: s.shape)):
         return None
     item = rng.choice(unique)
     return f"Tell me the colour of the {item.shape}.", f"The {item.shape} is {item.colour}."
 
 
 def shape_of(rng: random.Random, scene: Scene) -> Question | None:
-    unique = [s for s in scene.shapes if sum(o.colour == s.colour for o in scene.shapes) == 1]
-    if not unique:
+    if not (unique := unique_by(scene, lambda s: s.colour)):
         return None
     item = rng.choice(unique)
     return f"What sort of shape is the {item.colour} one?", f"The {item.colour} one is a {item.shape}."
