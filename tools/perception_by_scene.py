@@ -66,10 +66,7 @@ def probe_accuracy(tower, heads, image_processor, sampler, n: int, rng: random.R
     colour = torch.from_numpy(np.stack([P.patch_shares(m[1], 8, len(world.COLOUR_LABELS)) for m in maps]))
     out = heads(tower(P.pixel_values([world.render(s) for s in scenes], image_processor)).last_hidden_state[:, 1:])
     covered = kind.argmax(-1) != 0
-    side = out["row"].shape[-1]
-    where = torch.arange(out["row"].shape[1])
-    placed = (out["row"].argmax(-1) == where // side) & (out["column"].argmax(-1) == where % side)
-    return {"patches": int(covered.sum()), "where": 100 * placed.float().mean().item(),
+    return {"patches": int(covered.sum()), "where": 100 * P.placed(out).float().mean().item(),
             "kind": 100 * (out["kind"].argmax(-1) == kind.argmax(-1))[covered].float().mean().item(),
             "colour": 100 * (out["colour"].argmax(-1) == colour.argmax(-1))[covered].float().mean().item()}  # fmt: skip
 

@@ -87,21 +87,18 @@ def perception_loss(tower: nn.Module, heads: PerceptionHeads, batch: dict[str, t
     for name in ("kind", "colour", "word"):
         ce = -(batch[name] * F.log_softmax(out[name], dim=-1)).sum(-1)  # (B, P)
         losses[name] = (ce * clear).sum() / clear.sum().clamp_min(1) / ce.shape[1]
-    side = out["row"].shape[-1]
-    where = torch.arange(out["row"].shape[1])
-    for name, target in (("row", where // side), ("column", where % side)):
+    for name, target in patch_places(out).items():
         losses[name] = F.cross_entropy(out[name].flatten(0, 1), target.repeat(out[name].shape[0]))
     losses["words"] = F.binary_cross_entropy_with_logits(out["words"], batch["words"])
     losses["degraded"] = F.binary_cross_entropy_with_logits(out["degraded"], batch["degraded"])
     with torch.no_grad():
         has_word = batch["words"].sum(-1) > 0
         word_right = out["words"].argmax(-1) == batch["words"].argmax(-1)
-        placed = (out["row"].argmax(-1) == where // side) & (out["column"].argmax(-1) == where % side)
         accuracy = {
             "kind": _patch_accuracy(out["kind"], batch["kind"], clear),
             "colour": _patch_accuracy(out["colour"], batch["colour"], clear),
             "word": word_right[has_word].float().mean().item() if has_word.any() else float("nan"),
-            "where": placed.float().mean().item(),
+            "where": placed(out).float().mean().item(),
         }
     return {"losses": losses, "accuracy": accuracy}
 
@@ -110,6 +107,18 @@ def _patch_accuracy(logits: torch.Tensor, shares: torch.Tensor, clear: torch.Ten
     """Share of (clear) patches whose predicted class is the one covering most of the patch."""
     right = (logits.argmax(-1) == shares.argmax(-1)).float() * clear
     return (right.sum() / (clear.sum() * right.shape[1]).clamp_min(1)).item()
+
+
+def patch_places(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each patch's row and column (patches row-major, as patch_shares), sized from the heads' outputs."""
+    side, where = out["row"].shape[-1], torch.arange(out["row"].shape[1])
+    return {"row": where // side, "column": where % side}
+
+
+def placed(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, P): whether the heads read both the row and the column of each patch right."""
+    places = patch_places(out)
+    return (out["row"].argmax(-1) == places["row"]) & (out["column"].argmax(-1) == places["column"])
 
 
 def train_tower(tower: nn.Module, image_processor, patch: int, cfg, *, seed: int, log) -> dict[str, float]:

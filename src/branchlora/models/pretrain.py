@@ -184,12 +184,11 @@ def train_captions(model: LlavaForConditionalGeneration, processor, cfg: Pretrai
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     model.train()
-    losses = []
+    losses, size = [], processor_size(processor)
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
         text = cfg.text_every and step % cfg.text_every == cfg.text_every - 1
-        size = processor_size(processor)
         batch = text_batch(collator, rng, cfg.batch_size, size, cfg.reading_share) if text else caption_batch(
             collator, rng, cfg.batch_size, size, cfg.qa_share)  # fmt: skip
         loss = model(**batch).loss
