@@ -23,6 +23,7 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     config = {
         "benchmark_options": {"train_size": 8, "test_size": 3},
+        "orders": [],  # the benchmark's order, all eight (the quick preset runs four)
         "base_options": {"tiny": vars(MICRO), "pretraining": vars(MICRO_PRETRAIN)},
         "adapter": {"r": 8, "alpha": 16},
         "train": {"max_steps": 2, "batch_size": 4},

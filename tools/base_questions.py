@@ -1,9 +1,14 @@
-"""How well a base answers the general questions of data/questions.py, per kind of question: about the image,
-or (`--read-steps N`) about the scene told in words, after N steps of training its language model on such
-text alone (pretrain.reading_line), to ask whether the language model can bind a question to what it reads.
+"""How well a base answers the general questions of data/questions.py, per kind of question: about the image, or
+(`--read-steps N`) about the scene told in words, after N steps of training its language model on such text alone
+(pretrain.reading_line), to ask whether the language model can bind a question to what it reads. `--fresh` starts
+that reading from a randomly initialised model of the default sizes instead (a text-only stage 0 before the
+recipe's two stages), `--answer-only` puts the loss on the answers alone, and `--eval-every K` scores the kinds
+every K steps.
 
     OMP_NUM_THREADS=1 python tools/base_questions.py [--base FOLDER] [--per-kind 48]
     OMP_NUM_THREADS=1 python tools/base_questions.py --read-steps 2000
+    OMP_NUM_THREADS=1 python tools/base_questions.py --fresh --answer-only --read-steps 2000 --batch 32 --lr 1e-3 \
+        --eval-every 500
 
 Exact match of the whole answer sentence on held-out scenes (no degraded photos), greedy decoding.
 """
@@ -17,29 +22,49 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from branchlora.data import questions, world
-from branchlora.data.collate import Collator, pad
+from branchlora.data.collate import IGNORE_INDEX, Collator, answer_labels, pad
 from branchlora.models.loading import PACKAGED
 from branchlora.models.perception import schedule
-from branchlora.models.pretrain import text_batch
+from branchlora.models.pretrain import reading_line, text_batch
+from branchlora.models.tiny import TinyConfig, build_model
 
 
-def train_reading(model, collator: Collator, steps: int, lr: float = 2e-3) -> None:
+def answer_batch(collator: Collator, rng: random.Random, n: int) -> dict[str, torch.Tensor]:
+    """Reading lines (pretrain.reading_line) with labels on the answer and EOS only, as instruction tuning masks."""
+    turns = []
+    for _ in range(n):
+        told, answer = reading_line(rng, 64).split(" ASSISTANT: ")
+        head = collator.with_bos(collator.tokens(f"{told} ASSISTANT:"))
+        full = collator.with_bos(collator.tokens(f"{told} ASSISTANT: {answer}")) + [collator.eos_id]
+        turns.append(answer_labels(full, head))
+    batch = pad([ids for ids, _ in turns], collator.pad_id, left=False)
+    batch["labels"] = pad([labels for _, labels in turns], IGNORE_INDEX, left=False)["input_ids"]
+    return batch
+
+
+def train_reading(model, collator: Collator, args: argparse.Namespace) -> None:
     """Projector and language model trained on questions about scenes told in words (no image)."""
     model.model.vision_tower.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     rng = random.Random("reading")
     model.train()
-    for step in range(steps):
+    for step in range(args.read_steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr * schedule(step, steps, 50)
-        loss = model(**text_batch(collator, rng, 16, 64, reading_share=1.0)).loss
+            group["lr"] = args.lr * schedule(step, args.read_steps, 50)
+        batch = answer_batch(collator, rng, args.batch) if args.answer_only else text_batch(
+            collator, rng, args.batch, 64, reading_share=1.0)  # fmt: skip
+        loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 500 == 0 or step == steps - 1:
+        if step % 500 == 0 or step == args.read_steps - 1:
             print(f"reading step {step}: loss {loss.item():.3f}", flush=True)
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.read_steps:
+            print(f"after {step + 1} reading steps:", flush=True)
+            table(model, collator, args)
+            model.train()
     model.eval()
 
 
@@ -63,12 +88,27 @@ def main() -> None:
     parser.add_argument("--base", default=str(PACKAGED), help="folder of a tiny base (default: the committed one)")
     parser.add_argument("--per-kind", type=int, default=48)
     parser.add_argument("--read-steps", type=int, default=0, help="train on text alone first; ask in words")
+    parser.add_argument("--fresh", action="store_true", help="read from a randomly initialised model (stage 0)")
+    parser.add_argument("--answer-only", action="store_true", help="reading loss on the answers alone")
+    parser.add_argument("--batch", type=int, default=16, help="reading lines per step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak reading learning rate (warm-up, cosine)")
+    parser.add_argument("--eval-every", type=int, default=0, help="also score every K reading steps")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration.from_pretrained(args.base).eval()
-    collator = Collator(LlavaProcessor.from_pretrained(args.base), prompt_format="llava")
+    processor = LlavaProcessor.from_pretrained(args.base)
+    collator = Collator(processor, prompt_format="llava")
+    if args.fresh:
+        model = build_model(TinyConfig(), processor.tokenizer, seed=0)
+    else:
+        model = LlavaForConditionalGeneration.from_pretrained(args.base).eval()
     if args.read_steps:
-        train_reading(model, collator, args.read_steps)
+        train_reading(model, collator, args)
+    table(model, collator, args)
+
+
+def table(model, collator: Collator, args: argparse.Namespace) -> None:
+    """Exact-match accuracy per kind of question on the same held-out scenes, as a markdown table."""
+    model.eval()
     rng = random.Random("base-questions")
     print("| question | exact match % | example: truth -> said |\n|---|---|---|")
     for asker in questions.ASKERS:
