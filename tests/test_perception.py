@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from branchlora.cli import app
 from branchlora.data import world
 from branchlora.data.collate import Collator
-from branchlora.models.loading import INFO_FILE, PACKAGED, packaged_fingerprint
+from branchlora.models.loading import INFO_FILE, PACKAGED, base_info, load_base_from, packaged_fingerprint
 from branchlora.models.perception import READBACK_FACTS, PerceptionHeads, patch_shares, perception_loss, read_caption
-from branchlora.models.pretrain import PretrainConfig, text_batch
+from branchlora.models.pretrain import QUICK_PRETRAIN, QUICK_TINY, PretrainConfig, text_batch
 from branchlora.models.tiny import TinyConfig, fingerprint
 
 
@@ -69,6 +69,34 @@ def test_pretrain_quick_writes_a_base_with_its_perception(tmp_path):
     assert set(READBACK_FACTS) <= set(info["perception"]) and info["perception"]["scenes"] == 8
     assert all(0 <= info["perception"][f] <= 100 for f in READBACK_FACTS)
     assert (tmp_path / "base" / "model.safetensors").is_file()
+
+
+def test_pretrain_with_recipe_options_builds_the_base_a_run_would_find(tmp_path, monkeypatch):
+    """`pretrain --set` writes into the cache folder that a run with the same base_options reads (no rebuild)."""
+    monkeypatch.setenv("BRANCHLORA_CACHE", str(tmp_path / "cache"))
+    sets = ["--set", "pretraining.steps=3", "--set", "tiny.layers=1"]
+    result = CliRunner().invoke(app, ["pretrain", "--quick", *sets, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    options = {"tiny": {**vars(QUICK_TINY), "layers": 1}, "pretraining": {**vars(QUICK_PRETRAIN), "steps": 3}}
+    model, _ = load_base_from("tiny", options, progress=False)
+    info = base_info(model)
+    assert info["pretrain_seconds"] == 0.0 and info["device"] == "cpu"  # found in the cache, not rebuilt
+    assert info["pretraining"]["steps"] == 3 and model.config.text_config.num_hidden_layers == 1
+    assert len(info["loss_curve"]) == 3  # three caption steps: one loss each
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "pretraining.stepz=3"], "unexpected keyword argument 'stepz'"),
+        (["--set", "train.lr=3"], "--set train.lr: expected tiny.KEY=VALUE or pretraining.KEY=VALUE"),
+        (["--device", "tpu"], "--device 'tpu': expected cpu, or cuda on a machine with a GPU"),
+    ],
+)
+def test_pretrain_names_a_bad_option(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["pretrain", "--quick", "--out", str(tmp_path / "base"), *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "base").exists()
 
 
 def test_committed_base_is_the_default_recipe():

@@ -25,20 +25,30 @@ from branchlora.data import questions, world
 from branchlora.data.collate import IGNORE_INDEX, Collator, answer_labels, pad
 from branchlora.models.loading import PACKAGED
 from branchlora.models.perception import schedule
-from branchlora.models.pretrain import reading_line, text_batch
+from branchlora.models.pretrain import text_batch
 from branchlora.models.tiny import TinyConfig, build_model
 
 
-def answer_batch(collator: Collator, rng: random.Random, n: int) -> dict[str, torch.Tensor]:
-    """Reading lines (pretrain.reading_line) with labels on the answer and EOS only, as instruction tuning masks."""
-    turns = []
+def answer_batch(collator: Collator, rng: random.Random, n: int, asked: int = 1) -> dict[str, torch.Tensor]:
+    """Scenes told in words, each with `asked` questions in turns (the first as pretrain.reading_line asks it),
+    labels on the answers and EOS only, as instruction tuning masks: more answers per told scene."""
+    rows, labels = [], []
     for _ in range(n):
-        told, answer = reading_line(rng, 64).split(" ASSISTANT: ")
-        head = collator.with_bos(collator.tokens(f"{told} ASSISTANT:"))
-        full = collator.with_bos(collator.tokens(f"{told} ASSISTANT: {answer}")) + [collator.eos_id]
-        turns.append(answer_labels(full, head))
-    batch = pad([ids for ids, _ in turns], collator.pad_id, left=False)
-    batch["labels"] = pad([labels for _, labels in turns], IGNORE_INDEX, left=False)["input_ids"]
+        scene = world.random_scene(rng, 64)
+        asks = {}
+        for _ in range(20 * asked):  # distinct questions, so no answer is copied from an earlier turn
+            if len(asks) == asked:
+                break
+            asks.setdefault(*questions.ask(rng, scene))
+        (question, answer), *more = asks.items()
+        head = collator.with_bos(collator.tokens(f"USER: {world.caption(scene)} {question} ASSISTANT:"))
+        full = collator.with_bos(collator.tokens(f"USER: {world.caption(scene)} {question} ASSISTANT: {answer}"))
+        turns = [answer_labels(full + [collator.eos_id], head), *collator.follow_up_turns(((question, answer),),
+                                                                                        tuple(more))]  # fmt: skip
+        rows.append(sum((ids for ids, _ in turns), []))
+        labels.append(sum((lab for _, lab in turns), []))
+    batch = pad(rows, collator.pad_id, left=False)
+    batch["labels"] = pad(labels, IGNORE_INDEX, left=False)["input_ids"]
     return batch
 
 
@@ -52,7 +62,7 @@ def train_reading(model, collator: Collator, args: argparse.Namespace) -> None:
     for step in range(args.read_steps):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * schedule(step, args.read_steps, 50)
-        batch = answer_batch(collator, rng, args.batch) if args.answer_only else text_batch(
+        batch = answer_batch(collator, rng, args.batch, args.asked) if args.answer_only else text_batch(
             collator, rng, args.batch, 64, reading_share=1.0)  # fmt: skip
         loss = model(**batch).loss
         loss.backward()
@@ -90,6 +100,7 @@ def main() -> None:
     parser.add_argument("--read-steps", type=int, default=0, help="train on text alone first; ask in words")
     parser.add_argument("--fresh", action="store_true", help="read from a randomly initialised model (stage 0)")
     parser.add_argument("--answer-only", action="store_true", help="reading loss on the answers alone")
+    parser.add_argument("--asked", type=int, default=1, help="with --answer-only: questions per told scene")
     parser.add_argument("--batch", type=int, default=16, help="reading lines per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak reading learning rate (warm-up, cosine)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every K reading steps")

@@ -106,15 +106,19 @@ def base_info(model: LlavaForConditionalGeneration) -> dict:
     return dict(getattr(model, INFO_ATTR, {"name": "unknown", "pretrain_seconds": 0.0, "caption_loss": None}))
 
 
-def build_tiny(folder: Path, tiny: TinyConfig, pretraining: PretrainConfig, *, seed: int, progress: bool) -> None:
-    """Train the tokenizer, build and pre-train the model, and move the result into `folder` atomically."""
+def build_tiny(
+    folder: Path, tiny: TinyConfig, pretraining: PretrainConfig, *, seed: int, progress: bool, device: str = "cpu"
+) -> None:
+    """Train the tokenizer, build and pre-train the model (on `device`), and move the result into `folder`
+    atomically."""
     tokenizer = build_tokenizer(seed, pretraining, tiny.vocab_size, tiny.image_size)
     model, processor = build_model(tiny, tokenizer, seed=seed), build_processor(tiny, tokenizer)
-    report = pretrain(model, processor, pretraining, seed=seed, progress=progress)
+    report = pretrain(model, processor, pretraining, seed=seed, progress=progress, device=device)
     info = {
         "name": "tiny",
         "fingerprint": fingerprint(tiny, pretraining, seed=seed),
         "pretrain_seconds": round(report["pretrain_seconds"], 1),
+        "device": str(device),
         "caption_loss": round(report["caption_loss"], 4),
         "perception": report["perception"],  # % of held-out scenes whose caption states each fact right
         "tower_accuracy": {k: round(100 * v, 2) for k, v in report["tower_accuracy"].items()},

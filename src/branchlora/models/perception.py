@@ -121,13 +121,20 @@ def placed(out: dict[str, torch.Tensor]) -> torch.Tensor:
     return (out["row"].argmax(-1) == places["row"]) & (out["column"].argmax(-1) == places["column"])
 
 
-def train_tower(tower: nn.Module, image_processor, patch: int, cfg, *, seed: int, log) -> dict[str, float]:
+def on(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The batch's tensors on `device` (batches are generated on the CPU, so every device sees the same data)."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def train_tower(
+    tower: nn.Module, image_processor, patch: int, cfg, *, seed: int, log, device: str = "cpu"
+) -> dict[str, float]:
     """Train the vision tower (and throw-away heads) on perception; returns held-out accuracies.
 
     `cfg` is the base's PretrainConfig (tower_steps, tower_batch_size, tower_lr, warmup); `log(step, status)`."""
     torch.manual_seed(seed)
     side = tower.config.image_size // patch
-    heads = PerceptionHeads(tower.config.hidden_size, side)
+    heads = PerceptionHeads(tower.config.hidden_size, side).to(device)
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.tower_lr, weight_decay=0.01)
     rng = random.Random(f"perception/{seed}")
@@ -135,7 +142,7 @@ def train_tower(tower: nn.Module, image_processor, patch: int, cfg, *, seed: int
     for step in range(cfg.tower_steps):
         for group in optimizer.param_groups:
             group["lr"] = cfg.tower_lr * schedule(step, cfg.tower_steps, cfg.warmup)
-        batch = perception_batch(rng, cfg.tower_batch_size, image_processor, patch)
+        batch = on(perception_batch(rng, cfg.tower_batch_size, image_processor, patch), device)
         result = perception_loss(tower, heads, batch)
         losses = result["losses"]
         loss = sum(v for k, v in losses.items() if k not in ("row", "column"))
@@ -149,7 +156,7 @@ def train_tower(tower: nn.Module, image_processor, patch: int, cfg, *, seed: int
     tower.eval()
     with torch.no_grad():
         held_out = perception_batch(random.Random(f"perception-heldout/{seed}"), 256, image_processor, patch)
-        return perception_loss(tower, heads, held_out)["accuracy"]
+        return perception_loss(tower, heads, on(held_out, device))["accuracy"]
 
 
 def schedule(step: int, steps: int, warmup: int) -> float:
@@ -194,8 +201,8 @@ def readback(model: nn.Module, collator, n: int, *, seed: int, prompt: str = "De
     for start in range(0, n, 48):
         chunk = scenes[start : start + 48]
         ids, visual = collator.encode([collator.prompt_text(prompt)] * len(chunk), [world.render(s) for s in chunk])
-        batch = pad([collator.with_bos(row) for row in ids], collator.pad_id, left=True)
-        out = model.generate(**batch, **visual, max_new_tokens=96, do_sample=False,
+        batch = on({**pad([collator.with_bos(row) for row in ids], collator.pad_id, left=True), **visual}, model.device)
+        out = model.generate(**batch, max_new_tokens=96, do_sample=False,
                              pad_token_id=collator.pad_id, eos_token_id=collator.eos_id)  # fmt: skip
         predicted += collator.decode(out[:, batch["input_ids"].shape[1] :])
     right = {fact: [] for fact in READBACK_FACTS}

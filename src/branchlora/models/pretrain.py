@@ -25,7 +25,7 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrain
 from branchlora.data import questions, world
 from branchlora.data.collate import IGNORE_INDEX, Collator, pad
 from branchlora.data.minicoin import GENERATORS, MiniCoinOptions
-from branchlora.models.perception import readback, schedule, train_tower
+from branchlora.models.perception import on, readback, schedule, train_tower
 from branchlora.models.tiny import TinyConfig
 from branchlora.models.tokenizer import train_tokenizer
 from branchlora.progress import step_progress
@@ -150,14 +150,17 @@ def pretrain(
     *,
     seed: int = 0,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
-    """Both stages; returns the tower's held-out perception, the caption loss, the read-back perception,
-    the caption loss curve and the seconds taken."""
+    """Both stages on `device`; returns the tower's held-out perception, the caption loss, the read-back
+    perception, the caption loss curve and the seconds taken. The model is left on the CPU."""
     start = time.perf_counter()
+    model.to(device)
     inner = model.model
     patch = inner.vision_tower.config.patch_size
     with step_progress("tiny base, stage 1: perception", cfg.tower_steps, enabled=progress) as update:
-        tower = train_tower(inner.vision_tower, processor.image_processor, patch, cfg, seed=seed, log=update)
+        tower = train_tower(inner.vision_tower, processor.image_processor, patch, cfg, seed=seed, log=update,
+                            device=device)  # fmt: skip
     inner.vision_tower.requires_grad_(False)
     with step_progress("tiny base, stage 2: captioning", cfg.steps, enabled=progress) as update:
         losses = train_captions(model, processor, cfg, seed=seed, log=update)
@@ -165,8 +168,9 @@ def pretrain(
     heldout = caption_batch(collator, random.Random(f"heldout/{seed}"), cfg.heldout, processor_size(processor))
     model.eval()
     with torch.no_grad():
-        caption_loss = model(**heldout).loss.item()
+        caption_loss = model(**on(heldout, device)).loss.item()
     perception = readback(model, collator, cfg.readback, seed=seed)
+    model.to("cpu")
     return {"tower_accuracy": tower, "caption_loss": caption_loss, "perception": perception, "losses": losses,
             "pretrain_seconds": time.perf_counter() - start}  # fmt: skip
 
@@ -191,7 +195,7 @@ def train_captions(model: LlavaForConditionalGeneration, processor, cfg: Pretrai
         text = cfg.text_every and step % cfg.text_every == cfg.text_every - 1
         batch = text_batch(collator, rng, cfg.batch_size, size, cfg.reading_share) if text else caption_batch(
             collator, rng, cfg.batch_size, size, cfg.qa_share)  # fmt: skip
-        loss = model(**batch).loss
+        loss = model(**on(batch, model.device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
