@@ -29,12 +29,24 @@ from branchlora.models.pretrain import text_batch
 from branchlora.models.tiny import TinyConfig, build_model
 
 
-def answer_batch(collator: Collator, rng: random.Random, n: int, asked: int = 1) -> dict[str, torch.Tensor]:
+def answer_batch(
+    collator: Collator, rng: random.Random, n: int, asked: int = 1, copies: float = 0.0
+) -> dict[str, torch.Tensor]:
     """Scenes told in words, each with `asked` questions in turns (the first as pretrain.reading_line asks it),
-    labels on the answers and EOS only, as instruction tuning masks: more answers per told scene."""
+    labels on the answers and EOS only, as instruction tuning masks: more answers per told scene.  With
+    probability `copies` a line asks instead to repeat the told scene word for word: every answer token is
+    then a look-back target, the induction that finding "the diamond" in the text needs."""
     rows, labels = [], []
     for _ in range(n):
         scene = world.random_scene(rng, 64)
+        if copies and rng.random() < copies:
+            told = world.caption(scene)
+            head = collator.with_bos(collator.tokens(f"USER: {told} Repeat the description. ASSISTANT:"))
+            full = collator.with_bos(collator.tokens(f"USER: {told} Repeat the description. ASSISTANT: {told}"))
+            ids, labs = answer_labels(full + [collator.eos_id], head)
+            rows.append(ids)
+            labels.append(labs)
+            continue
         asks = {}
         for _ in range(20 * asked):  # distinct questions, so no answer is copied from an earlier turn
             if len(asks) == asked:
@@ -62,7 +74,7 @@ def train_reading(model, collator: Collator, args: argparse.Namespace) -> None:
     for step in range(args.read_steps):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * schedule(step, args.read_steps, 50)
-        batch = answer_batch(collator, rng, args.batch, args.asked) if args.answer_only else text_batch(
+        batch = answer_batch(collator, rng, args.batch, args.asked, args.copies) if args.answer_only else text_batch(
             collator, rng, args.batch, 64, reading_share=1.0)  # fmt: skip
         loss = model(**batch).loss
         loss.backward()
@@ -101,6 +113,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="read from a randomly initialised model (stage 0)")
     parser.add_argument("--answer-only", action="store_true", help="reading loss on the answers alone")
     parser.add_argument("--asked", type=int, default=1, help="with --answer-only: questions per told scene")
+    parser.add_argument("--copies", type=float, default=0.0, help="with --answer-only: share of repeat lines")
     parser.add_argument("--batch", type=int, default=16, help="reading lines per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak reading learning rate (warm-up, cosine)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every K reading steps")
