@@ -13,11 +13,11 @@ def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path, monkeypatc
     sets = ["benchmark_options={train_size: 4, test_size: 3}", "eval.limit=2", "methods=lora,multitask"]
     config = load_config("quick", None, [parse_override(s) for s in [*sets, f"out={tmp_path / 'out'}"]])
     plan = plan_experiment(config, console=Console(file=io.StringIO()))
-    assert [(t["train"], t["test"], t["steps"]) for t in plan["tasks"]] == [(4, 2, 40)] * 4  # quick: 4 tasks x 40 steps
+    assert [(t["train"], t["test"], t["steps"]) for t in plan["tasks"]] == [(4, 2, 56)] * 4  # quick: 4 tasks x 56 steps
     lora = 4 * (4 * 32 * (192 + 192) + 3 * 32 * (192 + 512))  # r 32 on q, k, v, o and gate, up, down; 4 layers
     projector = (128 * 192 + 192) + (192 * 192 + 192)  # vision 128 -> LM 192 -> 192
-    assert plan["methods"]["lora"] == {"tunable": lora + projector, "steps": 4 * 40}
-    assert plan["methods"]["multitask"]["steps"] == 4 * 40  # the joint bound: the stream's budget, on the union
+    assert plan["methods"]["lora"] == {"tunable": lora + projector, "steps": 4 * 56}
+    assert plan["methods"]["multitask"]["steps"] == 4 * 56  # the joint bound: the stream's budget, on the union
     assert plan["base"]["sizes"]["hidden"] == 192 and not (tmp_path / "out").exists()
 
 
