@@ -36,27 +36,27 @@ def answer_batch(
     labels on the answers and EOS only, as instruction tuning masks: more answers per told scene.  With
     probability `copies` a line asks instead to repeat the told scene word for word: every answer token is
     then a look-back target, the induction that finding "the diamond" in the text needs."""
+
+    def first_turn(prompt: str, answer: str) -> tuple[list[int], list[int]]:
+        head = collator.with_bos(collator.tokens(f"USER: {prompt} ASSISTANT:"))
+        full = collator.with_bos(collator.tokens(f"USER: {prompt} ASSISTANT: {answer}"))
+        return answer_labels(full + [collator.eos_id], head)
+
     rows, labels = [], []
     for _ in range(n):
         scene = world.random_scene(rng, 64)
+        told = world.caption(scene)
         if copies and rng.random() < copies:
-            told = world.caption(scene)
-            head = collator.with_bos(collator.tokens(f"USER: {told} Repeat the description. ASSISTANT:"))
-            full = collator.with_bos(collator.tokens(f"USER: {told} Repeat the description. ASSISTANT: {told}"))
-            ids, labs = answer_labels(full + [collator.eos_id], head)
-            rows.append(ids)
-            labels.append(labs)
-            continue
-        asks = {}
-        for _ in range(20 * asked):  # distinct questions, so no answer is copied from an earlier turn
-            if len(asks) == asked:
-                break
-            asks.setdefault(*questions.ask(rng, scene))
-        (question, answer), *more = asks.items()
-        head = collator.with_bos(collator.tokens(f"USER: {world.caption(scene)} {question} ASSISTANT:"))
-        full = collator.with_bos(collator.tokens(f"USER: {world.caption(scene)} {question} ASSISTANT: {answer}"))
-        turns = [answer_labels(full + [collator.eos_id], head), *collator.follow_up_turns(((question, answer),),
-                                                                                        tuple(more))]  # fmt: skip
+            turns = [first_turn(f"{told} Repeat the description.", told)]
+        else:
+            asks = {}
+            for _ in range(20 * asked):  # distinct questions, so no answer is copied from an earlier turn
+                if len(asks) == asked:
+                    break
+                asks.setdefault(*questions.ask(rng, scene))
+            (question, answer), *more = asks.items()
+            turns = [first_turn(f"{told} {question}", answer), *collator.follow_up_turns(((question, answer),),
+                                                                                       tuple(more))]  # fmt: skip
         rows.append(sum((ids for ids, _ in turns), []))
         labels.append(sum((lab for _, lab in turns), []))
     batch = pad(rows, collator.pad_id, left=False)
