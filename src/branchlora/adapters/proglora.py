@@ -110,8 +110,9 @@ class TaskAllocator(nn.Module):
 
 
 def _decoding(kwargs: dict) -> bool:
-    """Whether this forward extends a KV cache that already holds the prompt."""
-    cache = kwargs.get("past_key_values")
+    """Whether this forward extends a KV cache that already holds the prompt (transformers 5.24 renamed the
+    language model's `past_key_values` argument to `cache`)."""
+    cache = next((kwargs[k] for k in ("cache", "past_key_values") if kwargs.get(k) is not None), None)
     return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
 
 
