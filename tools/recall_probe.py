@@ -1,13 +1,15 @@
 """Can a fresh language model of the tiny base's sizes learn to look a named object up in a scene told in words?
 
-Two measurements behind docs/sweep.md round 7, one thread each:
+Two measurements behind docs/sweep.md rounds 7 and 8, one thread each, either with the base's LLaMA language
+model or (`--lm lfm2`) with an LFM2 one of the same sizes whose layers 0 and 2 are short convolutions:
 
     # bare associative recall on token ids: K (colour, shape) id pairs, then a separator and one shape id;
-    # the answer is its colour id (the colour comes first, as in the captions)
-    OMP_NUM_THREADS=1 python tools/recall_probe.py --pairs 2
+    # the answer is its colour id (the colour comes first, as in the captions); scored also by the pair's place
+    OMP_NUM_THREADS=1 python tools/recall_probe.py --pairs 2 [--lm lfm2]
     # one kind of general question (data/questions.py) about scenes told in words, trained on alone,
-    # loss on the answer only; optionally after N steps of bare recall with up to F filler ids between pairs
-    OMP_NUM_THREADS=1 python tools/recall_probe.py --kind colour_of [--warm 1000 --fill 4] [--lr 1e-3]
+    # loss on the answer only; optionally after N steps of bare recall, with up to F filler ids between pairs
+    # or with K pairs and no fillers
+    OMP_NUM_THREADS=1 python tools/recall_probe.py --kind colour_of [--warm 1000 --fill 4 | --warm-pairs 4] [--lr 1e-3]
 
 The question score is teacher-forced exact match of the whole answer and EOS on 256 held-out scenes, split
 by how many objects the scene has: with one object any colour the scene shows is right, with two the random
@@ -21,7 +23,7 @@ import random
 import time
 
 import torch
-from transformers import LlavaProcessor
+from transformers import Lfm2Config, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from branchlora.data import questions, world
 from branchlora.data.collate import IGNORE_INDEX, Collator, answer_labels, pad
@@ -36,11 +38,13 @@ def fixed_recall(n: int, g: torch.Generator, pairs: int, keys: int = 6) -> tuple
     """`pairs` (colour, shape) id pairs with distinct shapes, the separator, a shape; label: its colour."""
     c = torch.randint(*COLOUR_IDS, (n, pairs), generator=g)
     s = torch.stack([torch.randperm(keys, generator=g)[:pairs] + SHAPE_IDS for _ in range(n)])
-    j = torch.randint(0, pairs, (n,), generator=g)
-    q, a = s[torch.arange(n), j], c[torch.arange(n), j]
-    ids = torch.cat([torch.stack([c, s], 2).reshape(n, -1), torch.full((n, 1), SEPARATOR), q[:, None], a[:, None]], 1)
+    order = torch.randint(0, pairs, (n, 1), generator=g)
+    q, a = s.gather(1, order), c.gather(1, order)
+    ids = torch.cat(
+        [torch.stack([c, s], 2).reshape(n, -1), torch.full((n, 1), SEPARATOR), torch.stack([q, a], 2).reshape(n, -1)], 1
+    )
     labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[:, -1] = a
+    labels[:, 2 * pairs + 2 :: 2] = a
     return ids, labels
 
 
@@ -88,21 +92,27 @@ def told_batch(collator: Collator, items: list) -> dict[str, torch.Tensor]:
 
 
 def probe_pairs(model, args: argparse.Namespace) -> None:
-    """Bare recall alone: accuracy on 512 held-out rows every 100 steps."""
+    """Bare recall alone: accuracy on 512 held-out rows every 100 steps, also by the asked pair's place."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    g, held_out = torch.Generator().manual_seed(1), fixed_recall(512, torch.Generator().manual_seed(2), args.pairs)
+    g = torch.Generator().manual_seed(1)
+    ids, labels = fixed_recall(512, torch.Generator().manual_seed(2), args.pairs)
+    asked = labels[:, 1:] != IGNORE_INDEX
+    queries = ids[:, 2 * args.pairs + 1 :: 2]
+    place = (ids[:, 1 : 2 * args.pairs : 2, None] == queries[:, None, :]).float().argmax(1)  # pair index of each query
     start = time.time()
     for step in range(args.steps):
-        ids, labels = fixed_recall(64, g, args.pairs)
-        loss = model(input_ids=ids, labels=labels).loss
+        batch_ids, batch_labels = fixed_recall(64, g, args.pairs)
+        loss = model(input_ids=batch_ids, labels=batch_labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         if (step + 1) % 100 == 0:
             with torch.no_grad():
-                said = model(input_ids=held_out[0]).logits[:, -2].argmax(-1)
-            right = (said == held_out[1][:, -1]).float().mean().item()
-            print(f"step {step + 1} loss {loss.item():.3f} held-out {right:.3f} {time.time() - start:.0f}s", flush=True)
+                said = model(input_ids=ids).logits[:, :-1].argmax(-1)
+            right = (said == labels[:, 1:])[asked].view(place.shape).float()
+            by_place = " ".join(f"{right[place == k].mean():.2f}" for k in range(args.pairs))
+            print(f"step {step + 1} loss {loss.item():.3f} held-out {right.mean():.3f} by pair {by_place} "
+                  f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
 
 
 def probe_kind(model, collator: Collator, args: argparse.Namespace) -> None:
@@ -125,7 +135,11 @@ def probe_kind(model, collator: Collator, args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(1)
     warm_optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     for step in range(args.warm):
-        loss = model(**filled_recall(collator, 64, g, args.fill)).loss
+        if args.warm_pairs:  # K bare pairs, as --pairs K: learned by content after its plateau
+            ids, labels = fixed_recall(64, g, args.warm_pairs)
+            loss = model(input_ids=ids, labels=labels).loss
+        else:
+            loss = model(**filled_recall(collator, 64, g, args.fill)).loss
         loss.backward()
         warm_optimizer.step()
         warm_optimizer.zero_grad()
@@ -149,20 +163,56 @@ def probe_kind(model, collator: Collator, args: argparse.Namespace) -> None:
                   f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
 
 
+def with_short_conv(model: LlavaForConditionalGeneration, cfg: TinyConfig, tokenizer) -> LlavaForConditionalGeneration:
+    """The same LLaVA with an LFM2 language model of the same width, depth and MLP: layers 0 and 2 a gated
+    short causal convolution over 3 tokens instead of attention, so every token sees its two predecessors."""
+    text = Lfm2Config(
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        block_auto_adjust_ff_dim=False,
+        num_hidden_layers=cfg.layers,
+        layer_types=["conv" if i % 2 == 0 else "full_attention" for i in range(cfg.layers)],
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=cfg.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=model.config.vision_config,
+        text_config=text,
+        image_token_id=model.config.image_token_id,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    out = LlavaForConditionalGeneration(config)
+    sizes = [sum(p.numel() for p in m.model.language_model.parameters()) for m in (out, model)]
+    print(f"language model parameters: LFM2 {sizes[0]:,}, LLaMA {sizes[1]:,}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=0, help="bare recall with this many pairs (instead of --kind)")
     parser.add_argument("--kind", default="colour_of", help="a question kind of data/questions.py")
     parser.add_argument("--warm", type=int, default=0, help="bare-recall steps (batch 64) before the questions")
     parser.add_argument("--fill", type=int, default=0, help="most filler ids after each warm-up pair")
+    parser.add_argument("--warm-pairs", type=int, default=0, help="warm up on this many bare pairs, no fillers")
     parser.add_argument("--steps", type=int, default=0, help="default: 1500 (--pairs) or 2000 (--kind)")
     parser.add_argument("--batch", type=int, default=32, help="told scenes a step")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lm", choices=("llama", "lfm2"), default="llama", help="lfm2: short convolutions")
     args = parser.parse_args()
     args.steps = args.steps or (1500 if args.pairs else 2000)
     torch.manual_seed(0)
     processor = LlavaProcessor.from_pretrained(str(PACKAGED))
     model = build_model(TinyConfig(), processor.tokenizer, seed=0)
+    if args.lm == "lfm2":
+        model = with_short_conv(model, TinyConfig(), processor.tokenizer)
     if args.pairs:
         probe_pairs(model, args)
     else:
