@@ -163,22 +163,16 @@ def probe_kind(model, collator: Collator, args: argparse.Namespace) -> None:
                   f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
 
 
-def with_short_conv(model: LlavaForConditionalGeneration, cfg: TinyConfig, tokenizer) -> LlavaForConditionalGeneration:
+def with_short_conv(model: LlavaForConditionalGeneration) -> LlavaForConditionalGeneration:
     """The same LLaVA with an LFM2 language model of the same width, depth and MLP: layers 0 and 2 a gated
     short causal convolution over 3 tokens instead of attention, so every token sees its two predecessors."""
+    llama = model.config.text_config
+    same = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    same += ("vocab_size", "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
     text = Lfm2Config(
-        hidden_size=cfg.hidden,
-        intermediate_size=cfg.intermediate,
+        **{name: getattr(llama, name) for name in same},
         block_auto_adjust_ff_dim=False,
-        num_hidden_layers=cfg.layers,
-        layer_types=["conv" if i % 2 == 0 else "full_attention" for i in range(cfg.layers)],
-        num_attention_heads=cfg.heads,
-        num_key_value_heads=cfg.heads,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=cfg.max_positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        layer_types=["conv" if i % 2 == 0 else "full_attention" for i in range(llama.num_hidden_layers)],
         tie_word_embeddings=False,
     )
     config = LlavaConfig(
@@ -212,7 +206,7 @@ def main() -> None:
     processor = LlavaProcessor.from_pretrained(str(PACKAGED))
     model = build_model(TinyConfig(), processor.tokenizer, seed=0)
     if args.lm == "lfm2":
-        model = with_short_conv(model, TinyConfig(), processor.tokenizer)
+        model = with_short_conv(model)
     if args.pairs:
         probe_pairs(model, args)
     else:
