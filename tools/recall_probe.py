@@ -9,7 +9,7 @@ model or (`--lm lfm2`) with an LFM2 one of the same sizes whose layers 0 and 2 a
     # one kind of general question (data/questions.py) about scenes told in words, trained on alone,
     # loss on the answer only; optionally after N steps of bare recall, with up to F filler ids between pairs
     # or with K pairs and no fillers
-    OMP_NUM_THREADS=1 python tools/recall_probe.py --kind colour_of [--warm 1000 --fill 4 | --warm-pairs 4] [--lr 1e-3]
+    OMP_NUM_THREADS=1 python tools/recall_probe.py --kind colour_of [--warm 1000 --fill 4 | --warm 4000 --warm-pairs 4]
 
 The question score is teacher-forced exact match of the whole answer and EOS on 256 held-out scenes, split
 by how many objects the scene has: with one object any colour the scene shows is right, with two the random
@@ -19,11 +19,12 @@ level is about 50 %.
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import time
 
 import torch
-from transformers import Lfm2Config, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import Lfm2Config, LlavaForConditionalGeneration, LlavaProcessor
 
 from branchlora.data import questions, world
 from branchlora.data.collate import IGNORE_INDEX, Collator, answer_labels, pad
@@ -38,13 +39,11 @@ def fixed_recall(n: int, g: torch.Generator, pairs: int, keys: int = 6) -> tuple
     """`pairs` (colour, shape) id pairs with distinct shapes, the separator, a shape; label: its colour."""
     c = torch.randint(*COLOUR_IDS, (n, pairs), generator=g)
     s = torch.stack([torch.randperm(keys, generator=g)[:pairs] + SHAPE_IDS for _ in range(n)])
-    order = torch.randint(0, pairs, (n, 1), generator=g)
-    q, a = s.gather(1, order), c.gather(1, order)
-    ids = torch.cat(
-        [torch.stack([c, s], 2).reshape(n, -1), torch.full((n, 1), SEPARATOR), torch.stack([q, a], 2).reshape(n, -1)], 1
-    )
+    j = torch.randint(0, pairs, (n,), generator=g)
+    q, a = s[torch.arange(n), j], c[torch.arange(n), j]
+    ids = torch.cat([torch.stack([c, s], 2).reshape(n, -1), torch.full((n, 1), SEPARATOR), q[:, None], a[:, None]], 1)
     labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[:, 2 * pairs + 2 :: 2] = a
+    labels[:, -1] = a
     return ids, labels
 
 
@@ -95,10 +94,8 @@ def probe_pairs(model, args: argparse.Namespace) -> None:
     """Bare recall alone: accuracy on 512 held-out rows every 100 steps, also by the asked pair's place."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(1)
-    ids, labels = fixed_recall(512, torch.Generator().manual_seed(2), args.pairs)
-    asked = labels[:, 1:] != IGNORE_INDEX
-    queries = ids[:, 2 * args.pairs + 1 :: 2]
-    place = (ids[:, 1 : 2 * args.pairs : 2, None] == queries[:, None, :]).float().argmax(1)  # pair index of each query
+    ids, _ = fixed_recall(512, torch.Generator().manual_seed(2), args.pairs)
+    place = (ids[:, 1 : 2 * args.pairs : 2] == ids[:, -2:-1]).float().argmax(1)  # which pair was asked
     start = time.time()
     for step in range(args.steps):
         batch_ids, batch_labels = fixed_recall(64, g, args.pairs)
@@ -108,8 +105,8 @@ def probe_pairs(model, args: argparse.Namespace) -> None:
         optimizer.zero_grad()
         if (step + 1) % 100 == 0:
             with torch.no_grad():
-                said = model(input_ids=ids).logits[:, :-1].argmax(-1)
-            right = (said == labels[:, 1:])[asked].view(place.shape).float()
+                said = model(input_ids=ids).logits[:, -2].argmax(-1)
+            right = (said == ids[:, -1]).float()
             by_place = " ".join(f"{right[place == k].mean():.2f}" for k in range(args.pairs))
             print(f"step {step + 1} loss {loss.item():.3f} held-out {right.mean():.3f} by pair {by_place} "
                   f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
@@ -175,13 +172,8 @@ def with_short_conv(model: LlavaForConditionalGeneration) -> LlavaForConditional
         layer_types=["conv" if i % 2 == 0 else "full_attention" for i in range(llama.num_hidden_layers)],
         tie_word_embeddings=False,
     )
-    config = LlavaConfig(
-        vision_config=model.config.vision_config,
-        text_config=text,
-        image_token_id=model.config.image_token_id,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
+    config = copy.deepcopy(model.config)
+    config.text_config = text
     torch.manual_seed(0)
     out = LlavaForConditionalGeneration(config)
     sizes = [sum(p.numel() for p in m.model.language_model.parameters()) for m in (out, model)]
@@ -195,7 +187,7 @@ def main() -> None:
     parser.add_argument("--kind", default="colour_of", help="a question kind of data/questions.py")
     parser.add_argument("--warm", type=int, default=0, help="bare-recall steps (batch 64) before the questions")
     parser.add_argument("--fill", type=int, default=0, help="most filler ids after each warm-up pair")
-    parser.add_argument("--warm-pairs", type=int, default=0, help="warm up on this many bare pairs, no fillers")
+    parser.add_argument("--warm-pairs", type=int, default=0, help="--warm on this many bare pairs, no fillers")
     parser.add_argument("--steps", type=int, default=0, help="default: 1500 (--pairs) or 2000 (--kind)")
     parser.add_argument("--batch", type=int, default=32, help="told scenes a step")
     parser.add_argument("--lr", type=float, default=1e-3)
