@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from branchlora.cli import app
 from branchlora.config import load_config, parse_override, to_dict
-from branchlora.experiment import run_identity
+from branchlora.data.benchmark import load_benchmark
+from branchlora.experiment import content_hashes, run_identity
 from branchlora.rundir import LOCK
 
 runner = CliRunner()
@@ -57,6 +58,9 @@ def accepted(args: list[str], cache: Path) -> str:
         (["--seeds", "0,x"], ["--seeds", "'0,x'"]),
         (["--device", "tpu"], ["device", "'tpu'", "auto, cpu, cuda"]),
         (["--set", "train.mixed_precision=fp16"], ["train.mixed_precision", "'fp16'", "no, bf16"]),
+        (["--out", ""], ["--out is empty"]),
+        (["--methods", " , "], ["--methods ' , ' names nothing"]),
+        (["--benchmark", " "], ["--benchmark is empty"]),
         (["--orders", "scienceqa,scienceqa"], ["orders[0]", "scienceqa given more than once"]),
         (["--methods", "lora,dora"], ["unknown method 'dora'", "valid methods:"]),
         (["--set", "train.lrr=1"], ["train: unknown key(s) ['lrr']", "did you mean 'lr'"]),
@@ -158,26 +162,50 @@ def test_resume_with_another_lr_is_refused_listing_what_differs(cache, tmp_path)
     out = tmp_path / "out"
     args = [*SMALL, "--methods", "lora", "--out", str(out)]
     earlier = load_config("quick", None, [parse_override(a) for a in SMALL[3::2]] + [(("methods",), ["lora"])])
-    identity = run_identity(to_dict(earlier), "lora", 0, earlier_order())
+    bench = load_benchmark(earlier.benchmark, cache_dir=cache, **earlier.benchmark_options)
+    identity = run_identity(to_dict(earlier), "lora", 0, earlier_order(), content_hashes(bench))
     (out / "lora" / "task-00").mkdir(parents=True)
     (out / "lora" / "task-00" / "state.json").write_text(json.dumps({"run": identity}))
     text = refused([*args, "--resume", "--set", "train.lr=1e-2"], cache, "--resume", "train.lr: 0.003 -> 0.01")
-    assert "train.seed" not in text  # only what differs is listed
+    assert "train.seed" not in text and "benchmark_files" not in text  # only what differs is listed
     refused([*args, "--resume", "--orders", "textvqa,scienceqa"], cache, "tasks")
+    train = bench.task("textvqa").train
+    train.write_text(train.read_text().replace('"gpt", "value": "', '"gpt", "value": "x', 1))  # edited in place
+    refused([*args, "--resume"], cache, "--resume", f"benchmark_files.{train.resolve()}")
+
+
+def test_an_out_holding_the_benchmark_is_refused_and_nothing_is_deleted(cache, tmp_path):
+    bench = one_task_benchmark(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for flag in ([], ["--resume"], ["--overwrite"]):
+        refused(["--benchmark", str(bench), "--out", str(tmp_path), *flag], cache, "holds no branchlora run"
+                if flag else "is not empty")  # fmt: skip
+    refused(["--benchmark", str(bench), "--out", str(tmp_path / "runs" / ".."), "--dry-run"], cache, "is not empty")
+    (tmp_path / "results.json").write_text("{}")  # an older version's run written among the data files
+    for flag in ("--resume", "--overwrite"):
+        refused(["--benchmark", str(bench), "--out", str(tmp_path), flag], cache, "holds the benchmark file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "results.json"])
 
 
 def earlier_order() -> list[str]:
     return ["scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa"]
 
 
-def test_dry_run_opens_every_image(cache, tmp_path):
-    (tmp_path / "broken.png").write_text("not an image")
-    item = {"image": "broken.png", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
-    (tmp_path / "train.json").write_text(json.dumps([item]))
-    test = {"question_id": 0, "image": "broken.png", "text": "Q?", "answer": "A"}
-    (tmp_path / "test.json").write_text(json.dumps([test]))
-    (tmp_path / "b.yaml").write_text(
+def one_task_benchmark(folder: Path, image: str = "broken.png") -> Path:
+    """b.yaml: one task 't' of one train and one test item on `image` (a file that is not an image)."""
+    (folder / image).write_text("not an image")
+    item = {"image": image, "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
+    (folder / "train.json").write_text(json.dumps([item]))
+    test = {"question_id": 0, "image": image, "text": "Q?", "answer": "A"}
+    (folder / "test.json").write_text(json.dumps([test]))
+    (folder / "b.yaml").write_text(
         "name: b\nimage_root: .\ntasks:\n  - {name: t, train: train.json, test: test.json, metric: exact_match}\n"
     )
-    refused(["--benchmark", str(tmp_path / "b.yaml"), "--dry-run", "--out", str(tmp_path / "o")], cache,
+    return folder / "b.yaml"
+
+
+def test_dry_run_opens_every_image(cache, tmp_path):
+    bench = one_task_benchmark(tmp_path)
+    refused(["--benchmark", str(bench), "--dry-run", "--out", str(tmp_path / "o")], cache,
             str(tmp_path / "broken.png"), "cannot read image")  # fmt: skip
+

@@ -25,6 +25,26 @@ def test_values_are_converted_from_their_yaml_form():
     assert load("seeds=0,1,2").seeds == [0, 1, 2] and load("orders=gqa,textvqa").orders == [["gqa", "textvqa"]]
 
 
+def test_what_users_type_for_a_value_s_type_is_accepted(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load("train.mixed_precision=no", "train.max_steps=1e2", "eval.limit=100.0", "out=~/runs/x")
+    assert (cfg.train.mixed_precision, cfg.train.max_steps, cfg.eval.limit) == ("no", 100, 100)
+    assert cfg.out == str(tmp_path / "runs" / "x")
+    (tmp_path / "c.yaml").write_text("out: ~/y\ntrain: {mixed_precision: no, max_steps: 2e1}\n")
+    cfg = load(path=tmp_path / "c.yaml")
+    assert (cfg.out, cfg.train.mixed_precision, cfg.train.max_steps) == (str(tmp_path / "y"), "no", 20)
+
+
+def test_a_layer_changing_the_benchmark_drops_the_earlier_task_orders(tmp_path):
+    assert load().orders == [["textvqa", "imagenet", "vizwiz", "ocrvqa"]]  # the quick preset's
+    (tmp_path / "mine.yaml").write_text("name: mine\n")  # only its name is read here
+    assert load(f"benchmark={tmp_path / 'mine.yaml'}").orders == []
+    assert load(f"benchmark={tmp_path / 'mine.yaml'}", "orders=[[a, b]]").orders == [["a", "b"]]
+    (tmp_path / "c.yaml").write_text(f"benchmark: {tmp_path / 'mine.yaml'}\norders: [[b, a]]\n")
+    assert load(path=tmp_path / "c.yaml").orders == [["b", "a"]]  # a file's own orders stay with its benchmark
+    assert load("benchmark=minicoin").orders == load().orders  # the same benchmark: nothing dropped
+
+
 def test_a_yaml_file_with_exponent_floats_loads(tmp_path):
     (tmp_path / "c.yaml").write_text("train: {lr: 1e-3, projector_lr: 5e-5}\n")  # YAML 1.1 reads both as strings
     cfg = load(path=tmp_path / "c.yaml")
@@ -36,6 +56,9 @@ def test_a_yaml_file_with_exponent_floats_loads(tmp_path):
     ("override", "message"),
     [
         ("train.max_steps=abc", "train.max_steps: expected an integer, got 'abc'"),
+        ("train.max_steps=1.5", "train.max_steps: expected an integer, got 1.5"),
+        ("train.mixed_precision=yes", "train.mixed_precision: expected one of no, bf16, got 'yes'"),
+        ("out=''", "out: expected a folder, got an empty string"),
         ("train.max_steps=-5", "train.max_steps: must be >= 0, got -5"),
         ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
         ("train.lr=0", "train.lr: must be > 0, got 0.0"),

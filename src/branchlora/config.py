@@ -4,8 +4,8 @@ A run is layered: a preset under branchlora/configs/, then the user's YAML file,
 (`--set section.key=value` and the flags).  Each layer *replaces* every key it names: a YAML file names
 its top-level keys and the keys inside `train:` and `eval:`; `--set a.b=v` names a.b; `null` restores
 the default.  Options belong to what they configure: a layer that changes `benchmark` (or `base`)
-drops the earlier layers' `benchmark_options` (or `base_options`), so the preset's minicoin sizes never
-reach the user's own benchmark.  Every value is converted and checked
+drops the earlier layers' `benchmark_options` and `orders` (or `base_options`), so the preset's minicoin
+sizes and task orders never reach the user's own benchmark.  Every value is converted and checked
 at load (branchlora/typed.py); a bad one fails at once with one line naming the key and the value.
 """
 
@@ -33,7 +33,9 @@ from branchlora.typed import ConfigError, build, check_fields, checked
 PRESETS = ("quick", "default")
 DEVICES = ("auto", "cpu", "cuda")
 SECTIONS = ("train", "eval")  # a YAML file's mapping for these is merged key by key
-OWNED = {"benchmark": "benchmark_options", "base": "base_options"}  # options dropped when their owner changes
+# What a layer drops from the earlier layers when it changes the owner: a preset's minicoin sizes and task
+# orders do not reach the user's own benchmark, nor the tiny base's sizes another base.
+OWNED = {"benchmark": ("benchmark_options", "orders"), "base": ("base_options",)}
 
 
 @dataclass
@@ -89,6 +91,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if not self.out.strip():
+            raise ConfigError("out", "expected a folder, got an empty string")
+        self.out = str(Path(self.out).expanduser())  # "~/runs" in a config file is the home folder, as on a shell
         _no_repeats(self.methods, "methods")
         _no_repeats(self.seeds, "seeds")
         for i, order in enumerate(self.orders):
@@ -190,10 +195,11 @@ def file_entries(data: dict) -> list[Entry]:
 
 def apply_layer(data: dict, entries: list[Entry]) -> None:
     """Set every named key (null: remove it, so the default applies), after dropping the earlier layers'
-    options of a benchmark or base this layer changes."""
+    options (and, for a benchmark, task orders) of a benchmark or base this layer changes."""
     for path, value in entries:
         if path[0] in OWNED and len(path) == 1 and value != data.get(path[0]):
-            data.pop(OWNED[path[0]], None)
+            for owned in OWNED[path[0]]:  # the earlier layers' only: this layer's own are set below
+                data.pop(owned, None)
     for path, value in entries:
         node = data
         for key in path[:-1]:

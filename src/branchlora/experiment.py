@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import platform
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from branchlora.models.tiny import TinyConfig, build_model
 from branchlora.progress import RunDisplay
 from branchlora.replay import replay_items
 from branchlora.report import write_outputs
-from branchlora.rundir import check_out, claimed, is_main_process
+from branchlora.rundir import check_apart, check_out, claimed, is_main_process
 from branchlora.tracking import flat_config, resolve_trackers
 from branchlora.train import make_accelerator
 
@@ -78,11 +79,27 @@ def task_orders(config: RunConfig, bench: Benchmark) -> list[list[str]]:
     return orders
 
 
-def run_identity(config: dict, method: str, seed: int, order: list[str]) -> dict:
-    """Everything that changes a method's results in one (seed, order) run: what a resumed checkpoint must match."""
-    keys = ("benchmark", "benchmark_options", "base", "base_options", "adapter", "eval")
+def inputs(bench: Benchmark) -> dict[str, Path]:
+    """The files and folders a run reads, by what they are: the benchmark file, its image root, each task's files."""
+    named = {"benchmark file": bench.path, "image root": bench.image_root}
+    for task in bench.tasks:
+        named |= {f"{task.name} train file": task.train, f"{task.name} test file": task.test}
+    return named
+
+
+def content_hashes(bench: Benchmark) -> dict[str, str]:
+    """{resolved path: sha256} of the benchmark file and its tasks' files: what --resume checks has not
+    changed (a path as typed may name another file from another folder; a file may be edited in place)."""
+    paths = [p for what, p in inputs(bench).items() if what != "image root"]
+    return {str(p.resolve()): hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in dict.fromkeys(paths)}
+
+
+def run_identity(config: dict, method: str, seed: int, order: list[str], files: dict[str, str]) -> dict:
+    """Everything that changes a method's results in one (seed, order) run: what a resumed checkpoint must match.
+    `files` are the benchmark's content hashes (`content_hashes`), so the benchmark is compared by content."""
+    keys = ("benchmark_options", "base", "base_options", "adapter", "eval")
     options = config["method_options"].get(method, {})
-    return {**{k: config[k] for k in keys}, "method": method, "method_options": options,
+    return {**{k: config[k] for k in keys}, "method": method, "method_options": options, "benchmark_files": files,
             "train": {**config["train"], "seed": seed}, "tasks": list(order)}  # fmt: skip
 
 
@@ -90,14 +107,14 @@ def run_folder(out: Path, config: RunConfig, order_index: int, seed: int) -> Pat
     return out if (order_index, seed) == (0, config.seeds[0]) else out / f"order{order_index}-seed{seed}"
 
 
-def check_resumable(config: RunConfig, orders: list[list[str]]) -> None:
+def check_resumable(config: RunConfig, bench: Benchmark, orders: list[list[str]]) -> None:
     """Refuse, before any training, checkpoints in --out written with other settings, listing what differs."""
-    settings = to_dict(config)
+    settings, files = to_dict(config), content_hashes(bench)
     for order_index, order in enumerate(orders):
         for seed in config.seeds:
             for name in config.methods:
                 folder = run_folder(Path(config.out), config, order_index, seed) / name
-                require_same_run(folder, run_identity(settings, name, seed, order))
+                require_same_run(folder, run_identity(settings, name, seed, order, files))
 
 
 def run_experiment(
@@ -109,9 +126,10 @@ def run_experiment(
     if main:  # the other processes of a distributed run find the folder already claimed by this one
         check_out(Path(config.out), resume=resume, overwrite=overwrite)
     bench = load_benchmark(config.benchmark, **config.benchmark_options)
+    check_apart(Path(config.out), inputs(bench))
     orders = task_orders(config, bench)
     if resume:
-        check_resumable(config, orders)
+        check_resumable(config, bench, orders)
     if not main:
         return _run(config, bench, orders, cpu, resume, console)
     with claimed(Path(config.out), overwrite=overwrite, config={**to_dict(config), "orders": orders}):
@@ -122,7 +140,7 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
     base, processor = load_base_from(config.base, config.base_options)
     info = base_info(base)
     collator = Collator(processor)
-    out, settings = Path(config.out), to_dict(config)
+    out, settings, files = Path(config.out), to_dict(config), content_hashes(bench)
     trackers = resolve_trackers(config.log_with)
     accelerator = make_accelerator(config.train, cpu=cpu, log_with=trackers, project_dir=str(out / "logs"))
     if trackers:
@@ -138,7 +156,7 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
                     method = get_method(name)(config.adapter, config.method_options.get(name))
                     model = copy.deepcopy(base) if config.base == "tiny" else load_base_from(config.base)[0]
                     display.start(name, seed, order_index, len(order))
-                    identity = run_identity(settings, name, seed, order)
+                    identity = run_identity(settings, name, seed, order, files)
                     checkpoint_info = {"base": config.base, "base_options": config.base_options, "tasks": order,
                                        "run": identity, "config": settings}  # fmt: skip
                     result = run_method(
@@ -165,9 +183,10 @@ def plan_experiment(
     use_cpu(config, console)
     check_out(Path(config.out), resume=resume, overwrite=overwrite)
     bench = load_benchmark(config.benchmark, **config.benchmark_options)
+    check_apart(Path(config.out), inputs(bench))
     orders = task_orders(config, bench)
     if resume:
-        check_resumable(config, orders)
+        check_resumable(config, bench, orders)
     names = list(dict.fromkeys(name for order in orders for name in order))
     for name in names:
         for example in bench.train_examples(name) + bench.test_examples(name):

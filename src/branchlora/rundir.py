@@ -2,6 +2,9 @@
 
 A folder that already holds a run is refused unless the user says what to do with it: `--resume`
 (continue it; checkpoints whose settings differ are refused later) or `--overwrite` (clear it first).
+Nothing a run did not write is ever deleted: `--overwrite` removes only a run's own entries (RUN_FILES and
+the folders holding checkpoints), `--resume` refuses a non-empty folder that holds no run, and an `--out`
+that holds or contains the benchmark's files or images is refused before anything is written.
 A lock file holding the writer's pid keeps a second run out; a lock left by a dead process is taken over.
 """
 
@@ -17,6 +20,7 @@ from pathlib import Path
 
 LOCK = ".lock"
 MARKER = "run-config.json"  # written when a run starts: the full config and the task orders
+RUN_FILES = (MARKER, "results.json", "report.md", "plots", "logs")  # what a run writes beside its method folders
 
 
 def is_main_process() -> bool:
@@ -43,9 +47,31 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         shown = ", ".join(contents[:4]) + (", ..." if len(contents) > 4 else "")
         raise ValueError(f"--out {out} is not empty ({shown}): pass --resume to continue the run there, "
                          "--overwrite to replace it, or choose another folder")  # fmt: skip
-    if contents and overwrite and not holds_run(out):
-        raise ValueError(f"--out {out} is not empty and holds no branchlora run: --overwrite clears only a run's "
-                         "folder; choose an empty or new folder")  # fmt: skip
+    if contents and (overwrite or resume) and not holds_run(out):
+        flag = "--overwrite clears" if overwrite else "--resume continues"
+        raise ValueError(f"--out {out} is not empty and holds no branchlora run: {flag} only a run's folder; "
+                         "choose an empty or new folder")  # fmt: skip
+
+
+def check_apart(out: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an `--out` that is, or contains, one of the run's inputs (named by what they are): a run
+    writes there and `--overwrite` clears it, so the benchmark's files and images must live elsewhere."""
+    target = out.expanduser().resolve()
+    for what, path in inputs.items():
+        resolved = path.expanduser().resolve()
+        if resolved == target or target in resolved.parents:
+            raise ValueError(f"--out {out} holds the {what} ({path}): a run writes its results there and "
+                             "--overwrite clears them; choose a folder outside the benchmark")  # fmt: skip
+
+
+def run_entries(out: Path) -> list[Path]:
+    """The entries of `out` a run wrote: RUN_FILES and every folder that holds a run's checkpoints or log
+    (a method's folder, or an order/seed folder with method folders inside)."""
+    return [p for p in out.iterdir() if p.name in RUN_FILES or (p.is_dir() and not p.is_symlink() and _written(p))]
+
+
+def _written(folder: Path) -> bool:
+    return (folder / "log.jsonl").exists() or any(folder.glob("task-[0-9][0-9]")) or holds_run(folder)
 
 
 def holds_run(out: Path) -> bool:
@@ -83,9 +109,8 @@ def claimed(out: Path, *, overwrite: bool, config: dict) -> Iterator[None]:
     _take_lock(lock)
     try:
         if overwrite:
-            for entry in out.iterdir():
-                if entry.name != LOCK:
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            for entry in run_entries(out):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         (out / MARKER).write_text(json.dumps(config, indent=1))
         yield
     finally:

@@ -1,8 +1,8 @@
 """The one converter of configuration values: YAML / command-line forms to typed, range-checked fields.
 
 Every configuration dataclass calls `check_fields(self)` in `__post_init__`; a field's type hint says what
-a value becomes ("1e-3" -> 0.001 for a float, "abc" refused for an int, 3 -> [3] and "0,1" -> [0, 1] for
-a list) and its metadata says which values are allowed: `min` (inclusive), `above` (exclusive), `max`,
+a value becomes ("1e-3" -> 0.001 for a float, "1e2" -> 100 and "abc" refused for an int, YAML's booleans
+no / yes -> "no" / "yes" for a string, 3 -> [3] and "0,1" -> [0, 1] for a list) and its metadata says which values are allowed: `min` (inclusive), `above` (exclusive), `max`,
 `choices`.
 A refused value raises ConfigError naming the key and the value, in one line.
 """
@@ -54,8 +54,9 @@ def _scalar(value: Any, hint: type, key: str) -> Any:
         raise ConfigError(key, f"expected true or false, got {value!r}")
     if hint is int:
         number = _number(value, int)
-        if number is None and isinstance(value, float) and value.is_integer():
-            number = int(value)
+        whole = _number(value, float) if number is None else None  # 1e2 and 100.0 are whole numbers: 100
+        if whole is not None and math.isfinite(whole) and whole.is_integer():
+            number = int(whole)
         if number is None:
             raise ConfigError(key, f"expected an integer, got {value!r}")
         return number
@@ -67,6 +68,8 @@ def _scalar(value: Any, hint: type, key: str) -> Any:
             raise ConfigError(key, f"expected a finite number, got {value!r}")
         return number
     if hint is str:
+        if isinstance(value, bool):  # YAML reads no / yes / off / on as booleans: a string choice means no / yes
+            return "yes" if value else "no"
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -17,6 +17,23 @@ def _ints(text: str) -> list[int]:
         raise ValueError(f"--seeds {text!r}: expected integers separated by commas") from None
 
 
+def _given(text: str | None, flag: str) -> str | None:
+    """A flag's value; an empty one is refused rather than silently replaced by the default."""
+    if text is not None and not text.strip():
+        raise ValueError(f"{flag} is empty: give a value, or leave the flag out for the default")
+    return text
+
+
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """'a, b' -> ['a', 'b']; an empty list is refused (see `_given`)."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"{flag} {text!r} names nothing: give comma-separated names, or leave the flag out")
+    return names
+
+
 def _orders(text: str) -> list[list[str]]:
     return [[t.strip() for t in order.split(",") if t.strip()] for order in text.split(";") if order.strip()]
 
@@ -52,12 +69,11 @@ def run(
     """Train and evaluate methods on a task stream; writes results.json, report.md and plots/."""
     console = Console()
     with user_errors():
-        flags = {"methods": methods and [m.strip() for m in methods.split(",") if m.strip()],
-                 "benchmark": benchmark, "base": base, "out": out, "device": device,
+        flags = {"methods": _names(methods, "--methods"), "benchmark": _given(benchmark, "--benchmark"),
+                 "base": _given(base, "--base"), "out": _given(out, "--out"), "device": _given(device, "--device"),
                  "seeds": [seed] if seed is not None else (seeds and _ints(seeds)),
-                 "orders": orders and _orders(orders),
-                 "log_with": log_with and [t.strip() for t in log_with.split(",") if t.strip()]}  # fmt: skip
-        entries = [parse_override(o) for o in overrides] + [((k,), v) for k, v in flags.items() if v]
+                 "orders": orders and _orders(orders), "log_with": _names(log_with, "--log-with")}  # fmt: skip
+        entries = [parse_override(o) for o in overrides] + [((k,), v) for k, v in flags.items() if v is not None]
         cfg = load_config(preset, config, entries)
         from branchlora.experiment import plan_experiment, run_experiment  # heavy imports once the config is valid
 
