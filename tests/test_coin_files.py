@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from branchlora.data.benchmark import BenchmarkError, image_size, load_benchmark, open_image
+from branchlora.data.benchmark import BenchmarkError, image_size, load_benchmark, open_image, padded_square_box
+from branchlora.evaluation.scorers import score
 from test_benchmark import write_stream
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -130,3 +131,27 @@ def test_jsonl_where_names_the_line(tmp_path):
     path.write_text(path.read_text().replace("test.json", "test.jsonl"))
     (example,) = load_benchmark(path).test_examples(0)
     assert example.where == f"{tmp_path}/test.jsonl: item 0 (line 2)"
+
+
+@pytest.mark.parametrize(("box", "size", "expected"), [
+    ((16, 32, 32, 32), (64, 64), (0.25, 0.5, 0.75, 1.0)),  # a square image: no padding
+    ((100, 50, 200, 100), (640, 480), (100 / 640, 130 / 640, 300 / 640, 230 / 640)),  # 80 px bands above and below
+    ((0, 0, 375, 500), (375, 500), (0.125, 0.0, 0.875, 1.0)),  # a portrait photo: 62.5 px bands left and right
+])  # fmt: skip
+def test_padded_square_box_by_hand(box, size, expected):
+    assert padded_square_box(box, size) == pytest.approx(expected)
+
+
+def test_grounding_as_coin_ships_it_and_as_pixels(tmp_path):
+    """CoIN's string box (no answer) is kept as it is; a pixel box on a landscape image moves into the square."""
+    test = [{"question_id": 1, "image": "a.png", "text": "the dog", "answer_bbox": "[0.16, 0.20, 0.47, 0.36]",
+             "size": [640, 480]},
+            {"question_id": 2, "image": "a.png", "text": "the dog", "answer_bbox": [100, 50, 200, 100],
+             "size": [640, 480]}]  # fmt: skip
+    shipped, pixels = load_benchmark(write_stream(tmp_path, test=test, metric="bbox_iou")).test_examples(0)
+    assert shipped.box == (0.16, 0.2, 0.47, 0.36) and shipped.answer == "[0.16, 0.20, 0.47, 0.36]"
+    assert pixels.box == pytest.approx((0.15625, 0.203125, 0.46875, 0.359375))
+    assert pixels.answer == "[0.16, 0.20, 0.47, 0.36]"
+    assert score("bbox_iou", shipped.answer, pixels) == 1.0
+    per_axis = "[0.16, 0.10, 0.47, 0.31]"  # the same box normalised by width and height separately: IoU 0.41
+    assert score("bbox_iou", per_axis, pixels) == 0.0
