@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from branchlora.data.benchmark import BenchmarkError, image_size, load_benchmark, open_image, padded_square_box
-from branchlora.evaluation.scorers import score
+from branchlora.evaluation.scorers import answers, score
+from coin_release import write_coin_release
 from test_benchmark import write_stream
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -155,3 +156,33 @@ def test_grounding_as_coin_ships_it_and_as_pixels(tmp_path):
     assert score("bbox_iou", shipped.answer, pixels) == 1.0
     per_axis = "[0.16, 0.10, 0.47, 0.31]"  # the same box normalised by width and height separately: IoU 0.41
     assert score("bbox_iou", per_axis, pixels) == 0.0
+
+
+def test_coin_release_miniature_loads(tmp_path):
+    """The miniature of CoIN's release, at configs/coin.yaml's paths, loads with CoIN's own shapes intact."""
+    path = write_coin_release(tmp_path, items=3)
+    bench = load_benchmark(path)
+    names = ["scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa"]
+    assert bench.task_names == names and bench.image_root == tmp_path / "cl_dataset"
+    assert [bench.task(n).test.name for n in names] == ["test.json", "val.json", "test.json", "test.json",
+                                                        "val.json", "test.json", "val.json", "test.json"]  # fmt: skip
+    assert bench.task("vqav2").test == tmp_path / "playground/Instructions_Original/VQAv2/val.json"
+    assert all(len(bench.train_examples(n)) == len(bench.test_examples(n)) == 3 for n in names)
+    sqa_train, sqa_test = bench.train_examples("scienceqa"), bench.test_examples("scienceqa")
+    assert [e.image is None for e in sqa_train] == [e.image is None for e in sqa_test] == [False, False, True]
+    assert all(len(e.answer) == 10 for e in bench.test_examples("textvqa"))
+    examples = [e for n in names[1:] for e in bench.train_examples(n) + bench.test_examples(n)]
+    assert {image_size(e.image) for e in examples} == {(640, 480), (500, 375), (375, 500), (480, 640)}
+    raw = json.loads(bench.task("grounding").test.read_text())
+    assert all(isinstance(r["answer_bbox"], str) and "answer" not in r for r in raw)
+    for record, example in zip(raw, bench.test_examples("grounding"), strict=True):
+        (width, height), (x1, y1, x2, y2) = record["size"], example.box
+        side = max(width, height)  # the box lies on the image, inside the padding bands of the square
+        assert (side - width) / 2 / side - 0.01 <= x1 < x2 <= (side + width) / 2 / side + 0.01
+        assert (side - height) / 2 / side - 0.01 <= y1 < y2 <= (side + height) / 2 / side + 0.01
+        assert image_size(example.image) == (width, height)
+    train = bench.train_examples("grounding")[0]
+    assert train.answer.startswith("[0.") and train.instruction.startswith("Please provide the bounding box")
+    for name in names:  # each task's own answer is right by the metric configs/coin.yaml names for it
+        metric = bench.task(name).metric
+        assert all(score(metric, answers(e)[0], e) == 1.0 for e in bench.test_examples(name)), name
