@@ -208,4 +208,3 @@ def test_dry_run_opens_every_image(cache, tmp_path):
     bench = one_task_benchmark(tmp_path)
     refused(["--benchmark", str(bench), "--dry-run", "--out", str(tmp_path / "o")], cache,
             str(tmp_path / "broken.png"), "cannot read image")  # fmt: skip
-

@@ -2,8 +2,8 @@
 
 Every configuration dataclass calls `check_fields(self)` in `__post_init__`; a field's type hint says what
 a value becomes ("1e-3" -> 0.001 for a float, "1e2" -> 100 and "abc" refused for an int, YAML's booleans
-no / yes -> "no" / "yes" for a string, 3 -> [3] and "0,1" -> [0, 1] for a list) and its metadata says which values are allowed: `min` (inclusive), `above` (exclusive), `max`,
-`choices`.
+no / yes -> "no" / "yes" for a string, 3 -> [3] and "0,1" -> [0, 1] for a list) and its metadata says
+which values are allowed: `min` (inclusive), `above` (exclusive), `max`, `choices`.
 A refused value raises ConfigError naming the key and the value, in one line.
 """
 
