@@ -6,28 +6,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from branchlora.adapters import AdapterConfig, LiLoRA, TaskLoRA, adapter_layers, inject_adapters, routing_context
 from branchlora.adapters.hide import HiDeLoRA
+from branchlora.bench.ops import OpAudit
 from branchlora.methods import Task, get_method
 from branchlora.methods.base import StepContext
 from branchlora.methods.ewc import EWCOptions, empirical_fisher
 
 from conftest import build_tiny_llava, tiny_llava_inputs
-
-
-class Ops(TorchDispatchMode):
-    """Counts the aten ops dispatched inside, by name."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[str, int] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        self.counts[name] = self.counts.get(name, 0) + 1
-        return func(*args, **(kwargs or {}))
 
 
 # ---- EWC ---------------------------------------------------------------------------------------------------
@@ -121,9 +108,9 @@ def test_sefe_masks_live_on_the_layers_device_as_int32():
         for layer in method.blocks(model):
             layer.lora_B[1].normal_()
     method.extra_loss(model, StepContext(Task(1, "b"), {}))
-    with Ops() as ops:  # a training step's regulariser: no mask is copied or converted any more
+    with OpAudit() as ops:  # a training step's regulariser: no mask is copied or converted any more
         method.extra_loss(model, ctx := StepContext(Task(1, "b"), {}))
-    assert "_to_copy" not in ops.counts and ops.counts["index_select"] == len(method.masks)
+    assert "_to_copy" not in ops.names and ops.names["index_select"] == len(method.masks)
     expected = torch.stack(
         [(layer.lora_B[1] @ layer.lora_A[1]).flatten()[saved["masks"][name].long()].abs().mean()
          for name, layer in method._named_blocks(model)]
@@ -161,15 +148,15 @@ def test_fixed_blocks_are_concatenated_once(tasks):
     layer, x = blocks(TaskLoRA, tasks), torch.randn(2, 5, 12, dtype=torch.float64)
     with torch.no_grad():  # generation: every block is fixed
         layer(x)
-        with Ops() as ops:
+        with OpAudit() as ops:
             for _ in range(4):  # four generated tokens
                 out = layer(x)
-    assert ops.counts.get("cat", 0) == 0
+    assert ops.names.get("cat", 0) == 0
     torch.testing.assert_close(out, summed_reference(layer, x))
     layer(x)  # training: the fixed blocks are kept, the newest is joined once per forward (none when alone)
-    with Ops() as ops:
+    with OpAudit() as ops:
         out = layer(x)
-    assert ops.counts.get("cat", 0) == (2 if tasks > 1 else 0)
+    assert ops.names.get("cat", 0) == (2 if tasks > 1 else 0)
     torch.testing.assert_close(out, summed_reference(layer, x))
     out.sum().backward()
     assert layer.lora_B[-1].grad is not None and all(b.grad is None for b in list(layer.lora_B)[:-1])
@@ -199,9 +186,9 @@ def test_hide_fused_factors_are_kept_until_the_blocks_change():
 
     with torch.no_grad():
         layer(x)
-        with Ops() as ops:
+        with OpAudit() as ops:
             out = layer(x)
-        assert "stack" not in ops.counts and "sum" not in ops.counts
+        assert "stack" not in ops.names and "sum" not in ops.names
         torch.testing.assert_close(out, reference())
         layer.lora_B[2].mul_(2.0)
         torch.testing.assert_close(layer(x), reference())
