@@ -45,10 +45,13 @@ class HiDeLoRA(TaskLoRA):
         return task if task.is_floating_point() else F.one_hot(task, self.n_blocks).to(x.dtype)
 
     def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, B) of the lower layers' test-time update s * B A: the summed factors, or all blocks side by side."""
-        if self.fusion == "factors":
-            return torch.stack(tuple(self.lora_A)).sum(0), torch.stack(tuple(self.lora_B)).sum(0)
-        return torch.cat(tuple(self.lora_A)), torch.cat(tuple(self.lora_B), dim=1)
+        """(A, B) of the lower layers' test-time update s * B A: the summed factors (built once while the blocks
+        stay as they are), or all blocks side by side."""
+        if self.fusion != "factors":
+            return self.stacked()
+        if self.fixed_blocks() < self.n_blocks:  # a block trains: its gradient must flow through the sum
+            return _summed(list(self.lora_A), list(self.lora_B))
+        return self.kept("summed", self.n_blocks, _summed)
 
     def delta_weight(self) -> torch.Tensor:
         """The fused update of a lower layer; the top layer has none."""
@@ -56,3 +59,8 @@ class HiDeLoRA(TaskLoRA):
             raise NotImplementedError("HiDe's top layer weighs its experts per input: no single mergeable weight")
         a, b = self.fused()
         return self.scale * b @ a
+
+
+def _summed(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_i A_i, sum_i B_i): HiDe's task-general fusion of the factors."""
+    return torch.stack(a).sum(0), torch.stack(b).sum(0)

@@ -143,5 +143,5 @@ def routing_context(
 
 def _clear_cached_routes(layers: list[AdapterLayer]) -> None:
     for layer in layers:
-        if isinstance(layer, BranchLoRA):
+        if isinstance(layer, (BranchLoRA, LiLoRA)):
             layer._cached_route = None

@@ -7,7 +7,9 @@ A: (r, d_in), shared and trained on every task.  B0: (d_out, r), trained on the 
 P_t: (d_out, s_r), Q_t: (s_r, r), f_t: a scalar gate, trained on task t only, then frozen.
 Init: A and Q_t Kaiming-uniform(a = sqrt 5), B0 and P_t zero, f_t ~ N(0, 1).
 Each sample uses the B_t of its task (the context's task ids; the newest when none is given), so a
-task's update s * B_t A is one dense matrix that can be folded into W0 (`delta_weight`).
+task's update s * B_t A is one dense matrix that can be folded into W0 (`delta_weight`).  When the routing
+context asks for reuse (generation), the B_t of the prefill serve every generated token: they are built
+once per generate call, not per token.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class LiLoRA(AdapterLayer):
         self.lora_P = nn.ParameterList()  # T x (d_out, s_r)
         self.lora_Q = nn.ParameterList()  # T x (s_r, r)
         self.gates = nn.ParameterList()  # T x (1,): f_t
+        self._cached_route: torch.Tensor | None = None  # B_t of the prefill, kept for KV-cached generation
         self.add_task()
 
     @property
@@ -79,24 +82,37 @@ class LiLoRA(AdapterLayer):
         return self.n_tasks - 1 if task_ids is None else task_ids
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        task = self._task()
-        if not isinstance(task, int) and x.shape[0] != task.shape[0]:  # rows are not samples (a projector's
-            rows = self.context.rows and self.context.rows()  # input of Qwen's merged patches or crops): each
-            if rows is None or rows.shape[0] != x.shape[0]:  # row takes its sample's task
-                raise ValueError(f"{x.shape[0]} input rows, {task.shape[0]} task ids and no row-to-sample map")
-            task = task.to(rows.device)[rows]
-        if not isinstance(task, int) and x.dim() == 2:  # a bare (N, d_in) input: one-token sequences
-            return self._per_sample(out.unsqueeze(1), x.unsqueeze(1), task).squeeze(1)
-        if isinstance(task, int):
+        b = self._route(x)  # (d_out, r) for the whole batch, or (N, d_out, r): row n's B_t
+        if b.dim() == 2:
             z, _, keep = self.project(x, self.lora_A)  # (..., r)
-            return flat_addmm(out, z, self.task_b(task), self.scale * keep)
-        return self._per_sample(out, x, task)
+            return flat_addmm(out, z, b, self.scale * keep)
+        if x.dim() == 2:  # a bare (N, d_in) input: one-token sequences
+            return self._per_sample(out.unsqueeze(1), x.unsqueeze(1), b).squeeze(1)
+        return self._per_sample(out, x, b)
 
-    def _per_sample(self, out: torch.Tensor, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        """(B, L, d) inputs, each sample with its own task's B_t: (B,) task ids."""
+    def _route(self, x: torch.Tensor) -> torch.Tensor:
+        """B_t of the context's task, or of each row's task; built at the first forward of a context that
+        asks for reuse and kept for the later ones (the decoding steps)."""
+        if self.context.reuse and self._cached_route is not None:
+            return self._cached_route
+        task = self._task()
+        if isinstance(task, int):
+            b = self.task_b(task)  # (d_out, r)
+        else:
+            if x.shape[0] != task.shape[0]:  # rows are not samples (a projector's input of Qwen's merged
+                rows = self.context.rows and self.context.rows()  # patches or crops): each row takes its
+                if rows is None or rows.shape[0] != x.shape[0]:  # sample's task
+                    raise ValueError(f"{x.shape[0]} input rows, {task.shape[0]} task ids and no row-to-sample map")
+                task = task.to(rows.device)[rows]
+            tasks, which = task.unique(return_inverse=True)  # a few distinct tasks, never a loop over samples
+            b = torch.stack([self.task_b(t) for t in tasks.tolist()])[which.to(x.device)]  # (N, d_out, r)
+        if self.context.reuse:
+            self._cached_route = b
+        return b
+
+    def _per_sample(self, out: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) inputs, each sample with its own B_t: b (B, d_out, r)."""
         z, _, keep = self.project(x, self.lora_A)  # (B, L, r)
-        tasks, which = task.unique(return_inverse=True)  # a few distinct tasks, never a loop over samples
-        b = torch.stack([self.task_b(t) for t in tasks.tolist()])[which.to(z.device)]  # (B, d_out, r)
         return out.baddbmm_(z.to(out.dtype), b.transpose(1, 2).to(out.dtype), alpha=self.scale * keep)
 
     def delta_weight(self) -> torch.Tensor:

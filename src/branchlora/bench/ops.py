@@ -28,6 +28,7 @@ class OpAudit(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops = 0
+        self.names: Counter[str] = Counter()  # ops by name (torch.cat calls: names["cat"])
         self.kernels = 0
         self.syncs: Counter[str] = Counter()
         self.matmul_flops: Counter[str] = Counter()
@@ -36,6 +37,7 @@ class OpAudit(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__.rstrip("_")
         self.ops += 1
+        self.names[name] += 1
         self.kernels += not (func.is_view or name in NO_KERNEL)
         if name in SYNCING:
             self.syncs[name] += 1
