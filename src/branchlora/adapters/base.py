@@ -12,6 +12,8 @@ from torch import nn
 from branchlora.adapters.config import AdapterConfig
 from branchlora.adapters.projection import project
 
+ADAPTER_DTYPE = torch.float32  # every trainable tensor, whatever the base's dtype
+
 
 @dataclass
 class RoutingContext:
@@ -69,13 +71,15 @@ class AdapterLayer(nn.Module):
         self.context = RoutingContext()
 
     def _factory(self) -> dict:
-        """Device and dtype of new adapter parameters: those of the base weight."""
-        w = self.base_layer.weight
-        return {"device": w.device, "dtype": w.dtype}
+        """Device and dtype of new adapter parameters: the base weight's device, float32 whatever the base's
+        dtype (as PEFT's autocast_adapter_dtype): AdamW on half-precision weights loses small updates."""
+        return {"device": self.base_layer.weight.device, "dtype": ADAPTER_DTYPE}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
-        return self.add_delta(out, x.to(self.base_layer.weight.dtype))
+        out = self.base_layer(x)  # the frozen weight as it is: under autocast a bf16 weight is not re-cast
+        # Under autocast the adapter's matmuls run in its dtype; outside, x meets the float32 adapter in float32
+        # and `add_delta` writes the update into `out` in out's dtype.
+        return self.add_delta(out, x if torch.is_autocast_enabled(x.device.type) else x.to(ADAPTER_DTYPE))
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Return out + the adapter's update for input x, written into `out` in place where possible.
