@@ -38,9 +38,9 @@ def write_benchmark(folder: Path, items: int) -> Path:
                 link.symlink_to(images / f"source-{i % len(SIZES)}.jpg")
             question = f"<image>\nWhat is shown in this photograph of scene {i} of task {t}? Answer the question " \
                        "using a single word or phrase."  # fmt: skip
+            turns = [{"from": "human", "value": question}, {"from": "gpt", "value": f"answer {i}"}]
             if i % 10:
-                train.append({"image": link.name, "conversations": [{"from": "human", "value": question},
-                                                                     {"from": "gpt", "value": f"answer {i}"}]})  # fmt: skip
+                train.append({"image": link.name, "conversations": turns})
             else:
                 test.append({"question_id": f"{t}-{i}", "image": link.name, "text": question, "answer": f"answer {i}"})
         for split, data in (("train", train), ("test", test)):
