@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     LlavaForConditionalGeneration,
@@ -20,6 +21,8 @@ from transformers import (
     PreTrainedModel,
     ProcessorMixin,
 )
+
+from transformers.utils import is_torchvision_available
 
 from branchlora.atomic import atomic_dir
 from branchlora.data.benchmark import default_cache_dir
@@ -74,7 +77,7 @@ def load_pretrained(name: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     when that fails, one line saying why."""
     try:
         model = AutoModelForImageTextToText.from_pretrained(name)
-        processor = AutoProcessor.from_pretrained(name)
+        processor = load_processor(name)
     except (OSError, ValueError) as err:
         raise ValueError(f"base {str(name)!r}: {_not_loaded(str(name), err)}") from None
     try:
@@ -83,6 +86,28 @@ def load_pretrained(name: str) -> tuple[PreTrainedModel, ProcessorMixin]:
         raise ValueError(f"base {str(name)!r}: {err}") from None
     setattr(model, INFO_ATTR, {"name": str(name), "pretrain_seconds": 0.0, "caption_loss": None})
     return model.eval(), processor
+
+
+def load_processor(name: str) -> ProcessorMixin:
+    """The model's processor through AutoProcessor.  OneVision's, Qwen-VL's and InternVL's also carry a video
+    processor, which transformers builds only with torchvision; where torchvision is missing they come without it
+    (`image_only`), as this tool gives them images only."""
+    try:
+        return AutoProcessor.from_pretrained(name)
+    except ImportError:
+        if is_torchvision_available():
+            raise
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    return image_only(PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(name))]).from_pretrained(name)
+
+
+def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """`processor_class` without its video processor: transformers builds, loads and checks a processor's parts
+    from `get_attributes`, so one without "video_processor" never asks for torchvision; images and text go through
+    the family's own code, and the class keeps its name (a saved processor names the family's class)."""
+    parts = [name for name in processor_class.get_attributes() if name != "video_processor"]
+    return type(processor_class.__name__, (processor_class,), {"get_attributes": classmethod(lambda cls: parts)})
 
 
 def _not_loaded(name: str, err: Exception) -> str:
