@@ -27,6 +27,7 @@ INTERNVL_448 = {"image_size": [448, 448], "patch_size": [14, 14]}
 NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # llava-v1.6, (height, width)
 ONEVISION_PINPOINTS = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]  # llava-onevision-*-ov-hf
 QWEN_PIXELS = {"min_pixels": 3136, "max_pixels": 12845056}  # Qwen2-VL / Qwen2.5-VL-7B-Instruct
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # InternVL
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 # llava-hf's LLaVA-1.5 / v1.6 (vicuna) template: "USER: <image>\n<text> ASSISTANT:".
 LLAVA_TEMPLATE = (
@@ -54,8 +55,9 @@ def tokenizer(kind: str, extra: list[str] = (), named: dict[str, str] | None = N
 
 
 def text_config(tok: T.PreTrainedTokenizerBase, model_type: str) -> dict:
-    return {**TEXT, "model_type": model_type, "vocab_size": len(tok), "max_position_embeddings": tok.model_max_length,
-            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}  # fmt: skip
+    """The family's language model at family_support's tiny widths, its vocabulary and limit the tokenizer's."""
+    limits = {"vocab_size": len(tok), "max_position_embeddings": tok.model_max_length}
+    return {**TEXT, "model_type": model_type, **limits, **special_ids(tok)}
 
 
 def special_ids(tok: T.PreTrainedTokenizerBase) -> dict[str, int]:
@@ -67,9 +69,10 @@ def llava(kind: str) -> tuple[torch.nn.Module, T.ProcessorMixin]:
     feature layer -2, CLS dropped ("default"), a LLaMA language model."""
     tok = tokenizer(kind)
     image_token = tok.convert_tokens_to_ids("<image>")
-    common = {"text_config": text_config(tok, "llama"), "vision_config": {**VISION, **CLIP_336,
-              "model_type": "clip_vision_model"}, "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
-              "image_token_index": image_token, **special_ids(tok)}  # fmt: skip
+    vision = {**VISION, **CLIP_336, "model_type": "clip_vision_model"}
+    common = {"text_config": text_config(tok, "llama"), "vision_config": vision, "vision_feature_layer": -2,
+              "vision_feature_select_strategy": "default", "image_token_index": image_token,
+              **special_ids(tok)}  # fmt: skip
     images = {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}, "image_mean": CLIP_MEAN,
               "image_std": CLIP_STD}  # fmt: skip
     options = {"patch_size": 14, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1,
@@ -94,8 +97,8 @@ def llava_onevision(kind: str) -> tuple[torch.nn.Module, T.ProcessorMixin]:
         image_token_index=tok.convert_tokens_to_ids("<image>"), video_token_index=tok.convert_tokens_to_ids("<video>"),
         **special_ids(tok),
     )  # fmt: skip
-    images = LlavaOnevisionImageProcessorPil(size={"height": 384, "width": 384}, image_grid_pinpoints=ONEVISION_PINPOINTS,
-                                             do_pad=True, image_mean=[0.5] * 3, image_std=[0.5] * 3)  # fmt: skip
+    images = LlavaOnevisionImageProcessorPil(size={"height": 384, "width": 384}, do_pad=True, image_mean=[0.5] * 3,
+                                             image_std=[0.5] * 3, image_grid_pinpoints=ONEVISION_PINPOINTS)  # fmt: skip
     processor = image_only(T.LlavaOnevisionProcessor)(
         images, tok, num_image_tokens=729, vision_feature_select_strategy="full",
         chat_template=ONEVISION_TEMPLATE, vision_aspect_ratio="anyres_max_9",
@@ -129,7 +132,7 @@ def internvl(kind: str) -> tuple[torch.nn.Module, T.ProcessorMixin]:
         image_token_id=tok.context_image_token_id, **special_ids(tok),
     )  # fmt: skip
     images = T.GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1,
-                                        max_patches=12, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # fmt: skip
+                                        max_patches=12, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)  # fmt: skip
     processor = image_only(T.InternVLProcessor)(images, tok, image_seq_length=256,
                                                 chat_template=INTERNVL_TEMPLATE)  # fmt: skip
     return T.InternVLForConditionalGeneration(config), processor
@@ -176,9 +179,8 @@ def write_photo_stream(root: Path, per_task: int = 2) -> Path:
         test = [{"question_id": k, "image": im, "text": question, "answer": a} for k, im, a in items]
         (root / f"{name}-train.json").write_text(json.dumps(train))
         (root / f"{name}-test.json").write_text(json.dumps(test))
-        tasks.append(
-            {"name": name, "train": f"{name}-train.json", "test": f"{name}-test.json", "metric": "exact_match"}
-        )
+        files = {"train": f"{name}-train.json", "test": f"{name}-test.json"}
+        tasks.append({"name": name, **files, "metric": "exact_match"})
     path = root / "photos.yaml"
     path.write_text(json.dumps({"name": "photos", "image_root": str(root), "tasks": tasks}))
     return path

@@ -21,7 +21,6 @@ from transformers import (
     PreTrainedModel,
     ProcessorMixin,
 )
-
 from transformers.utils import is_torchvision_available
 
 from branchlora.atomic import atomic_dir
