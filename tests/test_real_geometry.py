@@ -140,7 +140,7 @@ def test_folder_loads_and_the_processor_gives_the_published_token_counts(kind, f
 def _test_item(path):
     from branchlora.data.benchmark import TestExample
 
-    return TestExample(path.stem, path, "What colour is the picture?", "blue")
+    return TestExample(question_id=path.stem, image=path, instruction="What colour is the picture?", answer="blue")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -153,7 +153,7 @@ def test_a_batch_of_both_photos_trains_and_embeds(kind, folders, photos):
     collator, family = Collator(processor, max_length=LONG), require_family(model)
     from branchlora.data.benchmark import TrainExample
 
-    items = [TrainExample(p.stem, p, "What colour is the picture?", "blue") for p in photos]
+    items = [TrainExample(image=p, instruction="What colour is the picture?", answer="blue") for p in photos]
     batch = collator.train_batch(items)
     loss = model(**model_inputs(batch)).loss
     loss.backward()
