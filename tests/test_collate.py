@@ -7,7 +7,7 @@ import torch
 from transformers import LlavaProcessor
 
 from branchlora.data.benchmark import load_benchmark
-from branchlora.data.collate import IGNORE_INDEX, Collator
+from branchlora.data.collate import IGNORE_INDEX, Collator, LengthError
 from branchlora.models.loading import load_base
 from branchlora.models.tiny import TinyConfig, build_model, build_processor
 from branchlora.models.tokenizer import train_tokenizer
@@ -82,15 +82,19 @@ def test_hf_directory_path_uses_chat_template(tiny, bench, tmp_path):
     assert collator.prompt_text("Hi?") == "USER: <image>\nHi? ASSISTANT:"
 
 
-def test_long_answers_are_truncated_and_bad_format_rejected(tiny, bench):
+def test_long_items_are_refused_not_cut_and_bad_format_rejected(tiny, bench):
     _, processor = tiny
     with pytest.raises(ValueError, match="prompt_format"):
         Collator(processor, prompt_format="vicuna")
     with pytest.raises(ValueError, match="no chat template"):
         Collator(processor, prompt_format="chat_template")
-    batch = Collator(processor, max_length=30).train_batch(bench.train_examples("scienceqa")[:2])
-    assert batch["input_ids"].shape[1] == 30
-    with pytest.raises(ValueError, match="max_length"):
+    items = bench.train_examples("scienceqa")[:2]
+    longest = Collator(processor).train_batch(items)["attention_mask"].sum(1).max().item()
+    assert Collator(processor, max_length=longest).train_batch(items)["input_ids"].shape[1] == longest  # uncut
+    too_long = rf"train.json: item \d: {longest} tokens, more than max_length={longest - 1}"
+    with pytest.raises(LengthError, match=too_long):
+        Collator(processor, max_length=longest - 1).train_batch(items)
+    with pytest.raises(LengthError, match=r"test.json: item 0: \d+ tokens, more than max_length=20; raise model"):
         Collator(processor, max_length=20).prompt_batch(bench.test_examples("scienceqa")[:1])
 
 

@@ -2,10 +2,15 @@
 
 import io
 
+import pytest
 from rich.console import Console
+from transformers import LlavaProcessor
 
 from branchlora.config import load_config, parse_override
-from branchlora.experiment import plan_experiment
+from branchlora.data.benchmark import load_benchmark
+from branchlora.data.collate import Collator, LengthError
+from branchlora.experiment import plan_experiment, run_experiment
+from branchlora.models.loading import PACKAGED
 
 
 def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path, monkeypatch):
@@ -31,3 +36,27 @@ def test_the_plan_counts_replayed_items_in_epoch_budgets(tmp_path, monkeypatch):
     # task t: 4 + 3 t items, ceil((4 + 3 t) / 2) steps; the joint bound replays nothing
     assert plan["methods"]["lora"]["steps"] == sum(-(-(4 + 3 * t) // 2) for t in range(4))
     assert plan["methods"]["multitask"]["steps"] == 4 * 2
+
+
+def test_the_plan_measures_every_item_and_refuses_one_over_max_length(tmp_path, monkeypatch):
+    """The longest train and test sequence per task, as the Collator builds them; an item over
+    model.max_length is refused by the dry run and by `run`, before any training, naming it."""
+    monkeypatch.setenv("BRANCHLORA_CACHE", str(tmp_path / "cache"))
+    sets = ["benchmark_options={train_size: 4, test_size: 3}", "methods=lora", f"out={tmp_path / 'out'}"]
+    config = load_config("quick", None, [parse_override(s) for s in sets])
+    plan = plan_experiment(config, console=Console(file=io.StringIO()))
+    bench = load_benchmark(config.benchmark, **config.benchmark_options)
+    collator = Collator(LlavaProcessor.from_pretrained(PACKAGED), max_length=512)
+    for task in plan["tasks"]:
+        train, test = bench.train_examples(task["task"]), bench.test_examples(task["task"])
+        assert task["longest_train"] == collator.train_batch(train)["attention_mask"].sum(1).max()
+        assert task["longest_test"] == collator.prompt_batch(test)["attention_mask"].sum(1).max()
+    assert plan["max_length"] == 512  # the tiny base's max_position_embeddings
+    longest = plan["tasks"][0]["longest_train"]  # the first task measured
+    short = load_config("quick", None, [parse_override(s) for s in [*sets, f"model.max_length={longest - 1}"]])
+    refusal = rf"train.json: item \d+: {longest} tokens, more than max_length={longest - 1}; raise model.max_length"
+    with pytest.raises(LengthError, match=refusal):
+        plan_experiment(short, console=Console(file=io.StringIO()))
+    with pytest.raises(LengthError, match=refusal):
+        run_experiment(short, console=Console(file=io.StringIO()))
+    assert not list((tmp_path / "out").glob("lora/task-*"))

@@ -2,7 +2,7 @@
 
 A run is layered: a preset under branchlora/configs/, then the user's YAML file, then the command line
 (`--set section.key=value` and the flags).  Each layer *replaces* every key it names: a YAML file names
-its top-level keys and the keys inside `train:` and `eval:`; `--set a.b=v` names a.b; `null` restores
+its top-level keys and the keys inside `train:`, `eval:` and `model:`; `--set a.b=v` names a.b; `null` restores
 the default.  Options belong to what they configure: a layer that changes `benchmark` (or `base`)
 drops the earlier layers' `benchmark_options` (or `base_options`), so the preset's minicoin sizes never
 reach the user's own benchmark.  Every value is converted and checked
@@ -23,6 +23,7 @@ from branchlora.data.benchmark import BUILTIN
 from branchlora.data.minicoin import MiniCoinOptions
 from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.methods import get_method
+from branchlora.models.loading import ModelConfig
 from branchlora.models.pretrain import PretrainConfig
 from branchlora.models.tiny import TinyConfig
 from branchlora.replay import ReplayConfig
@@ -32,7 +33,7 @@ from branchlora.typed import ConfigError, build, check_fields, checked
 
 PRESETS = ("quick", "default")
 DEVICES = ("auto", "cpu", "cuda")
-SECTIONS = ("train", "eval")  # a YAML file's mapping for these is merged key by key
+SECTIONS = ("train", "eval", "model")  # a YAML file's mapping for these is merged key by key
 OWNED = {"benchmark": "benchmark_options", "base": "base_options"}  # options dropped when their owner changes
 
 
@@ -72,6 +73,9 @@ class RunConfig:
     adapter: dict = field(default_factory=dict, metadata={"help": "adapter overrides for every method (r, alpha..)"})
     method_options: dict = field(
         default_factory=dict, metadata={"help": "per-method options, e.g. {branchlora: {keys: prototype}}"}
+    )
+    model: ModelConfig = field(
+        default_factory=ModelConfig, metadata={"help": "sequence length, processor options (see model.*)"}
     )
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training (see train.*)"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation (see eval.*)"})
@@ -178,7 +182,7 @@ def parse_override(text: str) -> Entry:
 
 
 def file_entries(data: dict) -> list[Entry]:
-    """The keys a YAML file names: its top-level keys, and each key inside the train / eval sections."""
+    """The keys a YAML file names: its top-level keys, and each key inside the train / eval / model sections."""
     entries: list[Entry] = []
     for key, value in data.items():
         if key in SECTIONS and isinstance(value, dict):

@@ -18,10 +18,11 @@ from branchlora import __version__
 from branchlora.adapters import tunable_count
 from branchlora.config import RunConfig, to_dict
 from branchlora.continual import StreamData, require_same_run, run_method
-from branchlora.data.benchmark import Benchmark, load_benchmark, open_image
+from branchlora.data.benchmark import Benchmark, load_benchmark
 from branchlora.data.collate import Collator
+from branchlora.data.lengths import longest_sequences
 from branchlora.methods import Task, get_method
-from branchlora.models.loading import base_info, load_base_from
+from branchlora.models.loading import base_info, load_base_from, load_processor, make_collator, run_dtype
 from branchlora.models.tiny import TinyConfig, build_model
 from branchlora.progress import RunDisplay
 from branchlora.replay import replay_items
@@ -80,7 +81,7 @@ def task_orders(config: RunConfig, bench: Benchmark) -> list[list[str]]:
 
 def run_identity(config: dict, method: str, seed: int, order: list[str]) -> dict:
     """Everything that changes a method's results in one (seed, order) run: what a resumed checkpoint must match."""
-    keys = ("benchmark", "benchmark_options", "base", "base_options", "adapter", "eval")
+    keys = ("benchmark", "benchmark_options", "base", "base_options", "model", "adapter", "eval")
     options = config["method_options"].get(method, {})
     return {**{k: config[k] for k in keys}, "method": method, "method_options": options,
             "train": {**config["train"], "seed": seed}, "tasks": list(order)}  # fmt: skip
@@ -119,9 +120,11 @@ def run_experiment(
 
 
 def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool, resume: bool, console) -> dict:
-    base, processor = load_base_from(config.base, config.base_options)
+    loading = {"model": config.model, "dtype": run_dtype(config.train.mixed_precision)}  # the run's precision
+    base, processor = load_base_from(config.base, config.base_options, **loading)
     info = base_info(base)
-    collator = Collator(processor)
+    collator = make_collator(processor, base.config, config.model)
+    longest_sequences(bench, list(dict.fromkeys(n for o in orders for n in o)), collator)  # refused before training
     out, settings = Path(config.out), to_dict(config)
     trackers = resolve_trackers(config.log_with)
     accelerator = make_accelerator(config.train, cpu=cpu, log_with=trackers, project_dir=str(out / "logs"))
@@ -136,7 +139,7 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
                 results = {}
                 for name in config.methods:
                     method = get_method(name)(config.adapter, config.method_options.get(name))
-                    model = copy.deepcopy(base) if config.base == "tiny" else load_base_from(config.base)[0]
+                    model = copy.deepcopy(base) if config.base == "tiny" else load_base_from(config.base, **loading)[0]
                     display.start(name, seed, order_index, len(order))
                     identity = run_identity(settings, name, seed, order)
                     checkpoint_info = {"base": config.base, "base_options": config.base_options, "tasks": order,
@@ -159,8 +162,9 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
 def plan_experiment(
     config: RunConfig, *, resume: bool = False, overwrite: bool = False, console: Console | None = None
 ) -> dict:
-    """`--dry-run`: every check a run makes before training (config, --out, benchmark files, every image,
-    the model's config, each method on a weightless model), then the plan; trains and writes nothing."""
+    """`--dry-run`: every check a run makes before training (config, --out, benchmark files, every image's
+    header, every item's length through the real processor, the model's config, each method on a weightless
+    model), then the plan; trains and writes nothing."""
     console = console or Console()
     use_cpu(config, console)
     check_out(Path(config.out), resume=resume, overwrite=overwrite)
@@ -169,13 +173,14 @@ def plan_experiment(
     if resume:
         check_resumable(config, orders)
     names = list(dict.fromkeys(name for order in orders for name in order))
-    for name in names:
-        for example in bench.train_examples(name) + bench.test_examples(name):
-            open_image(example.image)
     make_model = meta_model_factory(config)
+    collator = make_collator(load_processor(config.base, config.base_options, config.model), make_model().config,
+                             config.model)  # fmt: skip
+    longest = longest_sequences(bench, names, collator)
     limit = config.eval.limit or None
     tasks = [{"task": name, "train": len(bench.train_examples(name)), "test": len(bench.test_examples(name, limit)),
-              "steps": config.train.steps(len(bench.train_examples(name)))} for name in names]  # fmt: skip
+              "steps": config.train.steps(len(bench.train_examples(name))), "longest_train": longest[name]["train"],
+              "longest_test": longest[name]["test"]} for name in names]  # fmt: skip
     train = [bench.train_examples(name) for name in orders[0]]
     sizes = [len(items) for items in train]
     # Task i trains on its items and the replayed ones of tasks 0..i-1 (how many: the seed does not matter).
@@ -191,7 +196,7 @@ def plan_experiment(
     if config.base == "tiny":
         base["sizes"] = asdict(TinyConfig(**config.base_options.get("tiny", {})))
     plan = {"benchmark": bench.name, "base": base, "orders": orders, "tasks": tasks, "methods": methods,
-            "out": config.out}  # fmt: skip
+            "out": config.out, "max_length": collator.max_length}  # fmt: skip
     print_plan(plan, config, console)
     return plan
 
@@ -244,10 +249,12 @@ def tunable_parameters(model: nn.Module, method, first_task: str) -> int:
 def print_plan(plan: dict, config: RunConfig, console: Console) -> None:
     base = plan["base"]
     table = Table(title=f"dry run: {plan['benchmark']} on {base['name']} (nothing trained, nothing written)")
-    for column in ("task", "train items", "test items", "steps per task"):
+    columns = ("task", "train items", "test items", "steps per task", "longest train", "longest test")
+    for column in columns:
         table.add_column(column, justify="left" if column == "task" else "right")
     for task in plan["tasks"]:
-        table.add_row(task["task"], str(task["train"]), str(task["test"]), str(task["steps"]))
+        keys = ("train", "test", "steps", "longest_train", "longest_test")
+        table.add_row(task["task"], *(str(task[k]) for k in keys))
     console.print(table)
     sizes = ", ".join(f"{k} {v}" for k, v in base.get("sizes", {}).items())
     console.print(f"base {base['name']}: {base['parameters']:,} parameters{f' ({sizes})' if sizes else ''}",
@@ -257,4 +264,5 @@ def print_plan(plan: dict, config: RunConfig, console: Console) -> None:
     for name, method in plan["methods"].items():
         console.print(f"method {name}: {method['tunable']:,} tunable parameters, {method['steps']} optimizer steps "
                       "per seed and order", highlight=False)  # fmt: skip
+    console.print(f"sequences in tokens, image tokens included; max_length {plan['max_length']}", highlight=False)
     console.print(f"seeds {config.seeds}; a real run writes {plan['out']}/", highlight=False)

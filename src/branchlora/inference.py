@@ -19,7 +19,8 @@ from branchlora.files import CheckpointError, require
 from branchlora.methods import Method, Task, get_method
 from branchlora.methods.base import chosen_tasks
 from branchlora.models.family import sample_rows
-from branchlora.models.loading import load_base_from
+from branchlora.models.loading import ModelConfig, load_base_from, make_collator, run_dtype
+from branchlora.typed import build
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Loaded:
     collator: Collator
     tasks: list[str]  # the tasks it has learned, in order: router t serves tasks[t]
     folder: Path
+    mixed_precision: str = "no"  # the run's train.mixed_precision: the base's dtype and autocast at inference
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -48,16 +50,20 @@ def load_trained(path: str | Path) -> Loaded:
     """The model of a checkpoint, its method, and the tasks it has learned; errors name the file at fault."""
     folder = resolve_checkpoint(path)
     state = read_state(folder)
+    settings = state.get("config") or {}  # the run's config, when an experiment wrote the checkpoint
+    mixed = settings.get("train", {}).get("mixed_precision", "no")
     try:  # what state.json names: its method and options, then its base (an HF id may be out of reach)
         method = get_method(state["method"])(state["adapter"], state["options"])
-        model, processor = load_base_from(state.get("base", "tiny"), state.get("base_options"))
+        options = build(ModelConfig, settings.get("model", {}), "model")
+        model, processor = load_base_from(state.get("base", "tiny"), state.get("base_options"), model=options,
+                                          dtype=run_dtype(mixed))  # fmt: skip
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{folder / 'state.json'}: {err}") from None
     learned = learned_tasks(state, method, folder / "state.json")
     method.setup(model)
     load_checkpoint(folder, model, method)
     model.eval()
-    return Loaded(model, method, Collator(processor), learned, folder)
+    return Loaded(model, method, make_collator(processor, model.config, options), learned, folder, mixed)
 
 
 def learned_tasks(state: dict, method: Method, path: Path) -> list[str]:
@@ -72,13 +78,17 @@ def learned_tasks(state: dict, method: Method, path: Path) -> list[str]:
 @torch.no_grad()
 def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, max_new_tokens: int = 32) -> dict:
     """The answer to one question; which task router served it, chosen by the selector unless `task` is given."""
-    example = TestExample("predict", Path(image), prompt, "")
+    example = TestExample("predict", Path(image), prompt, "", where=f"--image {image} with --prompt")
     batch = loaded.collator.prompt_batch([example])
     index = _task_index(loaded, task) if task else len(loaded.tasks) - 1
     task_ids = loaded.method.eval_task_ids(loaded.model, batch, Task(index, task or ""), oracle=task is not None)
     scores = None if task else loaded.method.task_similarity(loaded.model, batch)
     rows = partial(sample_rows, loaded.model, batch)
-    with routing_context(loaded.model, task_ids, batch["attention_mask"], reuse=True, rows=rows):
+    device = loaded.model.device.type
+    with (
+        routing_context(loaded.model, task_ids, batch["attention_mask"], reuse=True, rows=rows),
+        torch.autocast(device, dtype=run_dtype(loaded.mixed_precision), enabled=loaded.mixed_precision == "bf16"),
+    ):  # as the run evaluated: float32 trainables beside a bf16 base
         out = loaded.model.generate(
             **model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=loaded.collator.pad_id, eos_token_id=loaded.collator.eos_id,
@@ -106,7 +116,7 @@ def evaluate_checkpoint(loaded: Loaded, bench, config: EvalConfig) -> dict:
     names = bench.task_names
     data = StreamData(names, [bench.task(n).metric for n in names], [[] for _ in names],
                       [bench.test_examples(n) for n in names], loaded.collator)  # fmt: skip
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=loaded.mixed_precision)
     loaded.model.to(accelerator.device)
     row, chosen = evaluate_all(loaded.model, loaded.method, data, config, accelerator, learned=loaded.tasks)
     scores = dict(zip(names, (round(x, 2) for x in row), strict=True))

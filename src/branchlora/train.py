@@ -126,6 +126,15 @@ def param_groups(model: nn.Module, method: Method, config: TrainConfig) -> list[
     return [g for g in groups + method.param_groups(config.lr) if g["params"]]
 
 
+def float32_groups(groups: list[dict]) -> list[dict]:
+    """The groups with every parameter in float32, in place (the projector of a bf16 base, a method's keys):
+    AdamW keeps its states in the parameter's dtype, and 0.02 + 2e-5 rounds back to 0.02 in bfloat16."""
+    for p in (p for g in groups for p in g["params"]):
+        if p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return groups
+
+
 def make_optimizer(groups: list[dict], weight_decay: float) -> torch.optim.AdamW:
     """AdamW, fused into one op per step where every parameter allows it (floating, on a CPU or GPU).
 
@@ -185,7 +194,7 @@ def train_task(
     if sharded:
         shard_frozen(model)  # the first task shards; later ones check that what trains is whole
         check_replicated(model)
-    groups = param_groups(model, method, config)
+    groups = float32_groups(param_groups(model, method, config))
     tunable = tunable_count(model)  # what this task trains
     generator = torch.Generator().manual_seed(config.seed * 1000 + task.index)
     mixed = [*examples, *replay] if replay else examples

@@ -12,6 +12,8 @@ from torch import nn
 from branchlora.adapters.config import AdapterConfig
 from branchlora.adapters.projection import project
 
+ADAPTER_DTYPE = torch.float32  # every trainable tensor, whatever the base's dtype
+
 
 @dataclass
 class RoutingContext:
@@ -69,13 +71,22 @@ class AdapterLayer(nn.Module):
         self.context = RoutingContext()
 
     def _factory(self) -> dict:
-        """Device and dtype of new adapter parameters: those of the base weight."""
-        w = self.base_layer.weight
-        return {"device": w.device, "dtype": w.dtype}
+        """Device and dtype of new adapter parameters: the base weight's device, and float32 for a half-precision
+        base (as PEFT's autocast_adapter_dtype: AdamW on bf16 / fp16 weights loses small updates)."""
+        return {"device": self.base_layer.weight.device, "dtype": self.adapter_dtype}
+
+    @property
+    def adapter_dtype(self) -> torch.dtype:
+        """float32, or the base's dtype where wider (a float64 layer, as the reference tests build)."""
+        return torch.promote_types(self.base_layer.weight.dtype, ADAPTER_DTYPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
-        return self.add_delta(out, x.to(self.base_layer.weight.dtype))
+        out = self.base_layer(x)  # the frozen weight as it is: under autocast a bf16 weight is not re-cast
+        # Under autocast the adapter's matmuls run in its dtype; outside, x meets the float32 adapter of a half
+        # base in float32 (a float64 layer stays float64), and `add_delta` writes into `out` in out's dtype.
+        if torch.is_autocast_enabled(x.device.type):
+            return self.add_delta(out, x)
+        return self.add_delta(out, x.to(self.adapter_dtype))
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Return out + the adapter's update for input x, written into `out` in place where possible.

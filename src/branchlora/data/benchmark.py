@@ -5,6 +5,8 @@ names the file, the item index (and line, in JSON Lines) and the field. The rule
 string; question ids are unique within a task; a multi-turn conversation alternates human and gpt turns and
 every answer is trained on; a grounding box has a positive size and lies inside its image; image paths may
 be relative to image_root, absolute, or start with "~". Images are checked to exist on load, opened lazily.
+An item without an "image" key is text-only (CoIN's ScienceQA has such items); a text-only training item may
+not carry LLaVA's "<image>" marker, which would say its image key was lost or misspelt.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from branchlora.evaluation.scorers import SCORERS
 
@@ -25,6 +29,9 @@ BUILTIN = ("minicoin",)
 IMAGE_MARKER = "<image>"
 TASK_FIELDS = ("name", "train", "test", "metric")
 BOX_SLACK = 1.0  # pixels
+SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees: a viewer swaps width and height
+EXIF_ORIENTATION = 0x0112
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL opens 16-bit greyscale PNG/TIFF as these
 
 
 class BenchmarkError(ValueError):
@@ -41,10 +48,11 @@ class TaskSpec:
 
 @dataclass
 class TrainExample:
-    image: Path
+    image: Path | None  # None: a text-only item
     instruction: str  # the first human turn, without the "<image>\n" marker
     answer: str
     follow_ups: tuple[tuple[str, str], ...] = ()  # later (instruction, answer) turns, trained on like the first
+    where: str = ""  # "<file>: item <i>" (and its line in JSON Lines), to name the item in an error
 
 
 @dataclass
@@ -52,11 +60,12 @@ class TestExample:
     __test__ = False  # not a pytest test class, despite the name
 
     question_id: str
-    image: Path
+    image: Path | None  # None: a text-only item
     instruction: str
     answer: str | list[str]  # a list for VQA-style human answers
     bbox: list[float] | None = None  # grounding: COCO-style pixel box [x, y, w, h]
     size: tuple[float, float] | None = None  # grounding: image (width, height)
+    where: str = ""  # "<file>: item <i>" (and its line in JSON Lines), to name the item in an error
 
 
 @dataclass
@@ -232,8 +241,10 @@ def require_item(item: object, where: str) -> dict:
     return item
 
 
-def require_image(item: dict, where: str, image_root: Path, check_images: bool) -> Path:
-    """The item's image path (see `resolve`), checked to be a file when `check_images`."""
+def require_image(item: dict, where: str, image_root: Path, check_images: bool) -> Path | None:
+    """The item's image path (see `resolve`), checked to be a file when `check_images`; None without "image"."""
+    if "image" not in item:
+        return None
     path = resolve(image_root, require(item, "image", str, where))
     if check_images:
         check(not path.is_dir(), where, "image", f"{path} is a folder, not an image")
@@ -253,6 +264,8 @@ def parse_train(item: object, where: str, image_root: Path, check_images: bool =
     item = require_item(item, where)
     image = require_image(item, where, image_root, check_images)
     turns = require(item, "conversations", list, where)
+    check(image is not None or not any(isinstance(t, dict) and IMAGE_MARKER in str(t.get("value")) for t in turns),
+          where, "image", f"missing, but the conversation has the {IMAGE_MARKER} marker")  # fmt: skip
     check(len(turns) >= 2 and len(turns) % 2 == 0, where, "conversations",
           f"expected human, gpt turn pairs, got {len(turns)} turn(s)")  # fmt: skip
     pairs = []
@@ -262,7 +275,7 @@ def parse_train(item: object, where: str, image_root: Path, check_images: bool =
         pairs.append((require_instruction(human, "value", f"{where}: turn {k}"),
                       require(gpt, "value", str, f"{where}: turn {k + 1}").strip()))  # fmt: skip
     (instruction, answer), *follow_ups = pairs
-    return TrainExample(image, instruction, answer, tuple(follow_ups))
+    return TrainExample(image, instruction, answer, tuple(follow_ups), where)
 
 
 def require_turn(turns: list, k: int, speaker: str, where: str) -> dict:
@@ -295,11 +308,11 @@ def parse_test(item: object, where: str, image_root: Path, metric: str, check_im
         x, y, w, h = bbox
         box = f"[{x / size[0]:.2f}, {y / size[1]:.2f}, {(x + w) / size[0]:.2f}, {(y + h) / size[1]:.2f}]"
         answer = require(item, "answer", str, where) if "answer" in item else box
-        return TestExample(qid, image, text, answer, bbox, size)
+        return TestExample(qid, image, text, answer, bbox, size, where)
     answer = require(item, "answer", (str, list), where)
     check(isinstance(answer, str) or (bool(answer) and all(isinstance(a, str) and a.strip() for a in answer)),
           where, "answer", f"expected a string or a list of non-empty strings, got {answer!r}")  # fmt: skip
-    return TestExample(qid, image, text, answer)
+    return TestExample(qid, image, text, answer, where=where)
 
 
 def require_numbers(item: dict, key: str, names: str, where: str) -> list[float]:
@@ -325,10 +338,43 @@ def require_box(item: dict, where: str) -> tuple[list[float], tuple[float, float
     return [x, y, w, h], (width, height)
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as a viewer shows the image, from its header: PIL's open does not decode the pixels."""
+    with read_image(path) as image:
+        width, height = image.size
+        swapped = image.getexif().get(EXIF_ORIENTATION) in SWAPPED_ORIENTATIONS
+    return (height, width) if swapped else (width, height)
+
+
 def open_image(path: Path) -> Image.Image:
-    """Open an image as RGB, with an error that names the file rather than a PIL stack trace."""
+    """An image as RGB, the way a viewer shows it: EXIF orientation applied, 16-bit greyscale scaled to 8 bits
+    (PIL's convert would clip it to white), transparency over white; errors name the file."""
+    with read_image(path) as image:
+        try:
+            return to_rgb(ImageOps.exif_transpose(image))
+        except OSError as err:  # a header that opened, pixels that do not decode
+            raise BenchmarkError(f"{path}: cannot read image: {err}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any PIL mode: 16-bit greyscale rescaled by 65535 -> 255; alpha (LA, RGBA, palette) over white."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = np.asarray(image, dtype=np.float64).clip(0, 65535) * (255 / 65535)
+        return Image.fromarray(grey.round().astype(np.uint8)).convert("RGB")
+    if image.mode in ("LA", "RGBA", "PA") or (image.mode == "P" and image.has_transparency_data):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, "white")
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image(path: Path) -> Image.Image:
+    """PIL's lazy open, refusing an image too large to decode (PIL's decompression-bomb limit) by its file."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BenchmarkError(f"{path}: image too large to read safely ({err})") from None
     except (OSError, UnidentifiedImageError) as err:
         raise BenchmarkError(f"{path}: cannot read image: {err}") from None
