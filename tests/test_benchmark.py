@@ -44,7 +44,7 @@ def test_grounding_item(tmp_path):
         {"question_id": "g", "image": "a.png", "text": "the dog", "answer_bbox": [16, 32, 32, 32], "size": [64, 64]}
     ]
     (ex,) = load_benchmark(write_stream(tmp_path, test=test, metric="bbox_iou")).test_examples(0)
-    assert ex.bbox == [16, 32, 32, 32] and ex.size == (64, 64) and ex.answer == "[0.25, 0.50, 0.75, 1.00]"
+    assert ex.box == (0.25, 0.5, 0.75, 1.0) and ex.answer == "[0.25, 0.50, 0.75, 1.00]"
 
 
 def test_bad_json_names_file_and_line(tmp_path):
@@ -134,4 +134,4 @@ def test_grounding_box_may_overhang_by_rounding(tmp_path):
             {"question_id": "h", "image": "a.png", "text": "t", "answer_bbox": [1, 1, 2, 2], "size": [64, 64],
              "answer": "[0.01, 0.01, 0.04, 0.04]"}]  # fmt: skip
     first, second = load_benchmark(write_stream(tmp_path, test=test, metric="bbox_iou")).test_examples(0)
-    assert first.bbox == [0.0, 0.0, 64.4, 8.0] and second.answer == "[0.01, 0.01, 0.04, 0.04]"
+    assert first.box == (0.0, 0.0, 64.4 / 64, 8 / 64) and second.answer == "[0.01, 0.01, 0.04, 0.04]"

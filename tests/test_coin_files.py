@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from branchlora.data.benchmark import BenchmarkError, image_size, load_benchmark, open_image
+from branchlora.data.benchmark import BenchmarkError, image_size, load_benchmark, open_image, padded_square_box
+from branchlora.evaluation.scorers import answers, score
+from coin_release import write_coin_release
 from test_benchmark import write_stream
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -130,3 +132,57 @@ def test_jsonl_where_names_the_line(tmp_path):
     path.write_text(path.read_text().replace("test.json", "test.jsonl"))
     (example,) = load_benchmark(path).test_examples(0)
     assert example.where == f"{tmp_path}/test.jsonl: item 0 (line 2)"
+
+
+@pytest.mark.parametrize(("box", "size", "expected"), [
+    ((16, 32, 32, 32), (64, 64), (0.25, 0.5, 0.75, 1.0)),  # a square image: no padding
+    ((100, 50, 200, 100), (640, 480), (100 / 640, 130 / 640, 300 / 640, 230 / 640)),  # 80 px bands above and below
+    ((0, 0, 375, 500), (375, 500), (0.125, 0.0, 0.875, 1.0)),  # a portrait photo: 62.5 px bands left and right
+])  # fmt: skip
+def test_padded_square_box_by_hand(box, size, expected):
+    assert padded_square_box(box, size) == pytest.approx(expected)
+
+
+def test_grounding_as_coin_ships_it_and_as_pixels(tmp_path):
+    """CoIN's string box (no answer) is kept as it is; a pixel box on a landscape image moves into the square."""
+    test = [{"question_id": 1, "image": "a.png", "text": "the dog", "answer_bbox": "[0.16, 0.20, 0.47, 0.36]",
+             "size": [640, 480]},
+            {"question_id": 2, "image": "a.png", "text": "the dog", "answer_bbox": [100, 50, 200, 100],
+             "size": [640, 480]}]  # fmt: skip
+    shipped, pixels = load_benchmark(write_stream(tmp_path, test=test, metric="bbox_iou")).test_examples(0)
+    assert shipped.box == (0.16, 0.2, 0.47, 0.36) and shipped.answer == "[0.16, 0.20, 0.47, 0.36]"
+    assert pixels.box == pytest.approx((0.15625, 0.203125, 0.46875, 0.359375))
+    assert pixels.answer == "[0.16, 0.20, 0.47, 0.36]"
+    assert score("bbox_iou", shipped.answer, pixels) == 1.0
+    per_axis = "[0.16, 0.10, 0.47, 0.31]"  # the same box normalised by width and height separately: IoU 0.41
+    assert score("bbox_iou", per_axis, pixels) == 0.0
+
+
+def test_coin_release_miniature_loads(tmp_path):
+    """The miniature of CoIN's release, at configs/coin.yaml's paths, loads with CoIN's own shapes intact."""
+    path = write_coin_release(tmp_path, items=3)
+    bench = load_benchmark(path)
+    names = ["scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa"]
+    assert bench.task_names == names and bench.image_root == tmp_path / "cl_dataset"
+    assert [bench.task(n).test.name for n in names] == ["test.json", "val.json", "test.json", "test.json",
+                                                        "val.json", "test.json", "val.json", "test.json"]  # fmt: skip
+    assert bench.task("vqav2").test == tmp_path / "playground/Instructions_Original/VQAv2/val.json"
+    assert all(len(bench.train_examples(n)) == len(bench.test_examples(n)) == 3 for n in names)
+    sqa_train, sqa_test = bench.train_examples("scienceqa"), bench.test_examples("scienceqa")
+    assert [e.image is None for e in sqa_train] == [e.image is None for e in sqa_test] == [False, False, True]
+    assert all(len(e.answer) == 10 for e in bench.test_examples("textvqa"))
+    examples = [e for n in names[1:] for e in bench.train_examples(n) + bench.test_examples(n)]
+    assert {image_size(e.image) for e in examples} == {(640, 480), (500, 375), (375, 500), (480, 640)}
+    raw = json.loads(bench.task("grounding").test.read_text())
+    assert all(isinstance(r["answer_bbox"], str) and "answer" not in r for r in raw)
+    for record, example in zip(raw, bench.test_examples("grounding"), strict=True):
+        (width, height), (x1, y1, x2, y2) = record["size"], example.box
+        side = max(width, height)  # the box lies on the image, inside the padding bands of the square
+        assert (side - width) / 2 / side - 0.01 <= x1 < x2 <= (side + width) / 2 / side + 0.01
+        assert (side - height) / 2 / side - 0.01 <= y1 < y2 <= (side + height) / 2 / side + 0.01
+        assert image_size(example.image) == (width, height)
+    train = bench.train_examples("grounding")[0]
+    assert train.answer.startswith("[0.") and train.instruction.startswith("Please provide the bounding box")
+    for name in names:  # each task's own answer is right by the metric configs/coin.yaml names for it
+        metric = bench.task(name).metric
+        assert all(score(metric, answers(e)[0], e) == 1.0 for e in bench.test_examples(name)), name

@@ -9,14 +9,18 @@ from branchlora.data.benchmark import TestExample
 from branchlora.evaluation.scorers import CONTRACTIONS, SCORERS, normalize_vqa, parse_box, score
 
 
-def ex(answer, bbox=None, size=None) -> TestExample:
-    return TestExample("q", None, "question", answer, bbox, size)
+def ex(answer, box=None) -> TestExample:
+    return TestExample("q", None, "question", answer, box=box)
 
 
+# CoIN's eval_science_qa.py by hand: exact A-E; "X. " with X in A-E; else the first one-character word, upper-cased
 @pytest.mark.parametrize(
     ("pred", "answer", "expected"),
-    [("B", "B", 1), ("B. a circle", "B", 1), ("The answer is C.", "C", 1), ("I think A", "A", 1),
-     ("b", "B", 0), ("", "A", 0), ("circle", "A", 0), ("A", "B", 0), (" D\n", "D", 1)],
+    [("B", "B", 1), ("B. a circle", "B", 1), ("The answer is C.", "C", 1), ("(C) red", "C", 1),
+     ("I think A", "A", 0),  # "I" is the first one-character word
+     ("b", "B", 1), ("it is a circle", "A", 1),  # lower case is upper-cased: "a" counts as A
+     ("B.a circle", "B", 1),  # no ". ": the word "B" is found by the third rule
+     ("F", "A", 0), ("2 circles", "B", 0), ("", "A", 0), ("circle", "A", 0), ("A", "B", 0), (" D\n", "D", 1)],
 )  # fmt: skip
 def test_option_letter(pred, answer, expected):
     assert score("option_letter", pred, ex(answer)) == expected
@@ -46,9 +50,33 @@ def test_vqa_soft_single_answer_is_normalised_exact_match():
 def test_contains_rejects_empty_prediction():
     assert score("contains", "a red circle", ex("circle")) == 1.0
     assert score("contains", "circ", ex("circle")) == 1.0
+    assert score("contains", "Circle.", ex("circle")) == 1.0
     assert score("contains", "", ex("circle")) == 0.0
     assert score("contains", "  ", ex("circle")) == 0.0
     assert score("contains", "square", ex("circle")) == 0.0
+
+
+# CoIN's rules by hand, (prediction, answer, right): eval_ImagetNet.py, convert_gqa_for_eval.py + GQA's eval,
+# eval_vizwiz.py / eval_vqav2.py, eval_ocrvqa.py
+@pytest.mark.parametrize(("metric", "pred", "answer", "expected"), [
+    ("contains_cased", "golden retriever", "golden retriever", 1),
+    ("contains_cased", "a golden retriever dog", "golden retriever", 1),  # answer in prediction
+    ("contains_cased", "retriever", "golden retriever", 1),  # prediction in answer
+    ("contains_cased", "Golden retriever", "golden retriever", 0),  # case-sensitive
+    ("contains_cased", "", "golden retriever", 0),  # CoIN: right ("" is in every label); here: wrong
+    ("contains_cased", "  ", "golden retriever", 0),
+    ("gqa_match", "Yes.", "yes", 1), ("gqa_match", "yes..", "yes", 1), ("gqa_match", "left", "left", 1),
+    ("gqa_match", "yes it is", "yes", 0), ("gqa_match", ".yes", "yes", 0), ("gqa_match", "", "yes", 0),
+    ("upper_match", "Unanswerable", "unanswerable", 1),  # VizWiz: a valid answer
+    ("upper_match", "yes", "Yes", 1), ("upper_match", "Yes.", "yes", 0),  # no period stripped
+    ("upper_match", "2", "two", 0), ("upper_match", "", "yes", 0),
+    ("ocrvqa_match", "Harry Potter", "harry potter", 1), ("ocrvqa_match", "harry potter.", "harry potter", 0),
+    ("ocrvqa_match", "Unanswerable", "unanswerable", 0),  # a prediction with "Unanswerable" is always wrong
+    ("ocrvqa_match", "unanswerable", "unanswerable", 1),  # CoIN checks that spelling only
+    ("ocrvqa_match", "", "x", 0),
+])  # fmt: skip
+def test_coin_rules(metric, pred, answer, expected):
+    assert score(metric, pred, ex(answer)) == expected
 
 
 def test_exact_match_and_unanswerable():
@@ -57,6 +85,12 @@ def test_exact_match_and_unanswerable():
     assert score("exact_match", "Unanswerable", ex("unanswerable")) == 1.0  # VizWiz: a valid answer
     assert score("exact_match", "unanswerable", ex("eve")) == 0.0  # OCR-VQA: always wrong
     assert score("exact_match", "", ex("")) == 0.0
+
+
+def test_a_list_of_answers_counts_any():
+    for metric in ("exact_match", "contains", "contains_cased", "gqa_match", "upper_match", "ocrvqa_match"):
+        assert score(metric, "blue", ex(["red", "blue"])) == 1.0, metric
+        assert score(metric, "green", ex(["red", "blue"])) == 0.0, metric
 
 
 @pytest.mark.parametrize(
@@ -70,18 +104,21 @@ def test_parse_box(text, box):
 
 
 def test_bbox_iou_threshold():
-    truth = ex("", bbox=[16.0, 32.0, 32.0, 32.0], size=(64, 64))  # = [0.25, 0.5, 0.75, 1.0]
+    truth = ex("", box=(0.25, 0.5, 0.75, 1.0))
     assert score("bbox_iou", "[0.25, 0.50, 0.75, 1.00]", truth) == 1.0
     assert score("bbox_iou", "[0.25, 0.50, 0.75, 0.80]", truth) == 1.0  # IoU 0.6
     assert score("bbox_iou", "[0.25, 0.50, 0.50, 1.00]", truth) == 0.0  # IoU exactly 0.5
     assert score("bbox_iou", "[0.25, 0.50, 0.75", truth) == 0.0
     assert score("bbox_iou", "", truth) == 0.0
+    assert score("bbox_iou", "The box is [0.25, 0.50, 0.75, 1.00].", truth) == 1.0  # CoIN's parse: unreadable
+    assert score("bbox_iou", "[0.25, 0.50, 0.75, 0.79]", truth) == 1.0  # IoU 0.58; CoIN reads y2 = 0.7: IoU 0.4
 
 
 def test_unknown_metric_names_known_ones():
     with pytest.raises(KeyError, match="option_letter"):
         score("bleu", "x", ex("x"))
-    assert set(SCORERS) == {"option_letter", "vqa_soft", "contains", "exact_match", "bbox_iou"}
+    assert set(SCORERS) == {"option_letter", "vqa_soft", "contains", "contains_cased", "exact_match", "gqa_match",
+                            "upper_match", "ocrvqa_match", "bbox_iou"}  # fmt: skip
 
 
 # An independent reference of EvalAI's published answer processor and TextVQA accuracy (m4c_evaluator),

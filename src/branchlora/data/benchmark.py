@@ -3,7 +3,8 @@
 Everything is validated on load so that a bad file fails before hours of training, with one line that
 names the file, the item index (and line, in JSON Lines) and the field. The rules: no field may be an empty
 string; question ids are unique within a task; a multi-turn conversation alternates human and gpt turns and
-every answer is trained on; a grounding box has a positive size and lies inside its image; image paths may
+every answer is trained on; a grounding box has a positive size and lies inside its image (see `require_box`
+for its two forms and the frame it is kept in); image paths may
 be relative to image_root, absolute, or start with "~". Images are checked to exist on load, opened lazily.
 An item without an "image" key is text-only (CoIN's ScienceQA has such items); a text-only training item may
 not carry LLaVA's "<image>" marker, which would say its image key was lost or misspelt.
@@ -29,9 +30,13 @@ BUILTIN = ("minicoin",)
 IMAGE_MARKER = "<image>"
 TASK_FIELDS = ("name", "train", "test", "metric")
 BOX_SLACK = 1.0  # pixels
+NORMALISED_SLACK = 0.01  # a normalised box's overhang: two-decimal rounding, and COCO's own by a pixel
 SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees: a viewer swaps width and height
 EXIF_ORIENTATION = 0x0112
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL opens 16-bit greyscale PNG/TIFF as these
+
+
+Box = tuple[float, float, float, float]
 
 
 class BenchmarkError(ValueError):
@@ -63,8 +68,7 @@ class TestExample:
     image: Path | None  # None: a text-only item
     instruction: str
     answer: str | list[str]  # a list for VQA-style human answers
-    bbox: list[float] | None = None  # grounding: COCO-style pixel box [x, y, w, h]
-    size: tuple[float, float] | None = None  # grounding: image (width, height)
+    box: Box | None = None  # grounding: [x1, y1, x2, y2] normalised to the padded square (`padded_square_box`)
     where: str = ""  # "<file>: item <i>" (and its line in JSON Lines), to name the item in an error
 
 
@@ -298,17 +302,15 @@ def parse_tests(task: TaskSpec, image_root: Path, check_images: bool = True) -> 
 
 
 def parse_test(item: object, where: str, image_root: Path, metric: str, check_images: bool = True) -> TestExample:
-    """A CoIN test item: {question_id, image, text, answer} or, for grounding, answer_bbox and size."""
+    """A CoIN test item: {question_id, image, text, answer} or, for grounding, answer_bbox (and size)."""
     item = require_item(item, where)
     qid = str(require(item, "question_id", (str, int), where))
     image = require_image(item, where, image_root, check_images)
     text = require_instruction(item, "text", where)
     if metric == "bbox_iou":
-        bbox, size = require_box(item, where)
-        x, y, w, h = bbox
-        box = f"[{x / size[0]:.2f}, {y / size[1]:.2f}, {(x + w) / size[0]:.2f}, {(y + h) / size[1]:.2f}]"
-        answer = require(item, "answer", str, where) if "answer" in item else box
-        return TestExample(qid, image, text, answer, bbox, size, where)
+        box = require_box(item, where)
+        answer = require(item, "answer", str, where) if "answer" in item else format_box(box)
+        return TestExample(qid, image, text, answer, box=box, where=where)
     answer = require(item, "answer", (str, list), where)
     check(isinstance(answer, str) or (bool(answer) and all(isinstance(a, str) and a.strip() for a in answer)),
           where, "answer", f"expected a string or a list of non-empty strings, got {answer!r}")  # fmt: skip
@@ -324,18 +326,76 @@ def require_numbers(item: dict, key: str, names: str, where: str) -> list[float]
     return [float(v) for v in values]
 
 
-def require_box(item: dict, where: str) -> tuple[list[float], tuple[float, float]]:
-    """A grounding truth: a pixel box [x, y, w, h] of positive size inside an image of positive (width, height).
+def require_box(item: dict, where: str) -> Box:
+    """A grounding truth, in one of two forms, as [x1, y1, x2, y2] normalised to the padded square.
 
-    A box may overhang the image by up to BOX_SLACK pixels: COCO's float boxes sometimes do, by rounding.
+    CoIN's release: answer_bbox a string "[x1, y1, x2, y2]" already in that frame (size [w, h] beside it, and
+    no answer), taken as it is, inside the unit square give or take NORMALISED_SLACK. Or a COCO pixel box
+    [x, y, w, h] with the image's size (minicoin and hand-made files), of positive size and inside the image
+    give or take BOX_SLACK pixels (COCO's float boxes overhang by rounding), converted by `padded_square_box`.
     """
+    value = require(item, "answer_bbox", (str, list), where)
+    size = require_size(item, where) if isinstance(value, list) or "size" in item else None
+    if isinstance(value, str):
+        numbers = bracketed_numbers(value)
+        check(numbers is not None, where, "answer_bbox",
+              f"expected a string \"[x1, y1, x2, y2]\" of four finite numbers, got {value!r}")  # fmt: skip
+        x1, y1, x2, y2 = numbers
+        check(x2 > x1 and y2 > y1, where, "answer_bbox", f"x2 and y2 must exceed x1 and y1, got {value!r}")
+        inside = min(x1, y1) >= -NORMALISED_SLACK and max(x2, y2) <= 1 + NORMALISED_SLACK
+        check(inside, where, "answer_bbox", f"{value!r} lies outside the unit square of normalised coordinates")
+        return (x1, y1, x2, y2)
+    width, height = size
+    x, y, w, h = require_numbers(item, "answer_bbox", "x, y, w, h", where)
+    check(w > 0 and h > 0, where, "answer_bbox", f"width and height must be positive, got {value!r}")
+    inside = min(x, y) >= -BOX_SLACK and x + w <= width + BOX_SLACK and y + h <= height + BOX_SLACK
+    check(inside, where, "answer_bbox", f"{value!r} lies outside the {width:g}x{height:g} image")
+    return padded_square_box((x, y, w, h), (width, height))
+
+
+def require_size(item: dict, where: str) -> tuple[float, float]:
+    """A grounding item's image (width, height), both positive."""
     width, height = require_numbers(item, "size", "width, height", where)
     check(width > 0 and height > 0, where, "size", f"width and height must be positive, got {item['size']!r}")
-    x, y, w, h = require_numbers(item, "answer_bbox", "x, y, w, h", where)
-    check(w > 0 and h > 0, where, "answer_bbox", f"width and height must be positive, got {item['answer_bbox']!r}")
-    inside = min(x, y) >= -BOX_SLACK and x + w <= width + BOX_SLACK and y + h <= height + BOX_SLACK
-    check(inside, where, "answer_bbox", f"{item['answer_bbox']!r} lies outside the {width:g}x{height:g} image")
-    return [x, y, w, h], (width, height)
+    return width, height
+
+
+def bracketed_numbers(text: str) -> list[float] | None:
+    """The four finite numbers of "[a, b, c, d]", or None when the text is not exactly that."""
+    inner = text.strip()
+    if not (inner.startswith("[") and inner.endswith("]")):
+        return None
+    try:
+        numbers = [float(part) for part in inner[1:-1].split(",")]
+    except ValueError:
+        return None
+    return numbers if len(numbers) == 4 and all(math.isfinite(v) for v in numbers) else None
+
+
+def padded_square_box(box: tuple[float, float, float, float], size: tuple[float, float]) -> Box:
+    """A pixel box [x, y, w, h] as [x1, y1, x2, y2] in the frame of the image padded to a max(w, h) square.
+
+    LLaVA-1.5 pads every image to a square before resizing it (expand2square: the image centred, the bands
+    filled with the image mean), and CoIN's Grounding boxes refer to that square. What was checked in CoIN's
+    code (zackschen/CoIN): eval_grounding.py reads answer_bbox as it is and scales truth and prediction by
+    max(w, h) (IoU unchanged), and its `change_bbox`, the one function there that maps a COCO box into the
+    frame, adds the centring offset (max - w) / 2 or (max - h) / 2 before dividing by max(w, h); this does
+    the same. expand2square pastes at the integer (max - w) // 2: at most half a pixel apart. Not checked:
+    CoIN's data-preparation script is not in its repository and its released files could not be read here,
+    so whether every released box includes the offset rests on `change_bbox` (LLaVA's issue 606 reports the
+    padded, centred frame for LLaVA-1.5's VG boxes; issue 822 doubts it for RefCOCO). A string box from
+    CoIN's files is taken as it is, whatever frame it was made in, exactly as CoIN's scorer takes it.
+    """
+    x, y, w, h = box
+    width, height = size
+    side = max(width, height)
+    left, top = x + (side - width) / 2, y + (side - height) / 2
+    return (left / side, top / side, (left + w) / side, (top + h) / side)
+
+
+def format_box(box: Box) -> str:
+    """A normalised box as LLaVA-1.5's grounding answers write it: "[0.25, 0.50, 0.75, 1.00]"."""
+    return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -1,7 +1,12 @@
 """Scorers: one prediction against one test example, in [0, 1], by the metric names benchmark YAMLs use.
 
-Each follows the rule CoIN's evaluation scripts apply to the task it is named after (research notes:
-coin-benchmark.md), minus two quirks: an empty prediction is never correct, and box parsing is robust.
+The CoIN rules follow CoIN's evaluation scripts (zackschen/CoIN, ETrain/Eval/LLaVA/CoIN/eval_*.py), one
+per task: option_letter (ScienceQA), vqa_soft (TextVQA), contains_cased (ImageNet), gqa_match (GQA),
+upper_match (VizWiz, VQAv2), ocrvqa_match (OCR-VQA), bbox_iou (Grounding). `contains` and `exact_match`
+are the looser, case-insensitive rules the built-in minicoin uses. Everywhere: the prediction is stripped
+of surrounding whitespace first (CoIN's model_vqa scripts strip what they write), an empty prediction is
+never correct, and a test item's answer list counts a match with any of its answers. Deliberate
+differences from CoIN's scripts are named in each scorer's docstring.
 """
 
 from __future__ import annotations
@@ -110,35 +115,70 @@ def _plain(text: str) -> str:
     return text.strip().rstrip(".").strip().lower()
 
 
+def _any_answer(prediction: str, example: TestExample, same: Callable[[str, str], bool]) -> float:
+    """1.0 when the stripped, non-empty prediction is `same` as one of the example's answers."""
+    pred = prediction.strip()
+    return float(bool(pred) and any(same(pred, a) for a in answers(example)))
+
+
 def exact_match(prediction: str, example: TestExample) -> float:
-    """Case-insensitive, trailing period stripped (GQA, VizWiz, VQAv2, OCR-VQA)."""
-    pred = _plain(prediction)
-    return float(bool(pred) and any(pred == _plain(a) for a in answers(example)))
+    """Case-insensitive equality, trailing periods stripped on both sides (minicoin's rule for short answers)."""
+    return _any_answer(prediction, example, lambda p, a: _plain(p) == _plain(a))
 
 
 def contains(prediction: str, example: TestExample) -> float:
-    """ImageNet rule: the label in the prediction or the prediction in the label; empty is wrong."""
-    pred = _plain(prediction)
-    return float(bool(pred) and any(_plain(a) in pred or pred in _plain(a) for a in answers(example)))
+    """Case-insensitive ImageNet rule: the label in the prediction or the prediction in the label."""
+    return _any_answer(prediction, example, lambda p, a: _plain(a) in _plain(p) or _plain(p) in _plain(a))
 
 
-_LETTER_DOT = re.compile(r"^([A-Z])[.):]")
-_ANSWER_IS = re.compile(r"answer is \(?([A-Z])\b")
+def contains_cased(prediction: str, example: TestExample) -> float:
+    """CoIN's ImageNet rule (eval_ImagetNet.py): answer in prediction or prediction in answer, case-sensitive.
+
+    Differs on purpose: CoIN counts an empty prediction right ("" is in every label); here it is wrong.
+    """
+    return _any_answer(prediction, example, lambda p, a: a in p or p in a)
+
+
+def gqa_match(prediction: str, example: TestExample) -> float:
+    """CoIN's GQA rule (convert_gqa_for_eval.py, then GQA's eval): prediction.rstrip('.').lower() == answer.
+
+    The answer is lower-cased too (GQA's answers already are, so this changes nothing on CoIN's data).
+    """
+    return _any_answer(prediction, example, lambda p, a: p.rstrip(".").lower() == a.lower())
+
+
+def upper_match(prediction: str, example: TestExample) -> float:
+    """CoIN's VizWiz and VQAv2 rule (eval_vizwiz.py, eval_vqav2.py): prediction.upper() == answer.upper().
+
+    No punctuation is stripped: "Yes." is wrong for "yes". "unanswerable" is an answer like any other.
+    """
+    return _any_answer(prediction, example, lambda p, a: p.upper() == a.upper())
+
+
+def ocrvqa_match(prediction: str, example: TestExample) -> float:
+    """CoIN's OCR-VQA rule (eval_ocrvqa.py): a prediction containing "Unanswerable" (that spelling) is wrong,
+    otherwise prediction.lower() == answer.lower()."""
+    return _any_answer(prediction, example, lambda p, a: "Unanswerable" not in p and p.lower() == a.lower())
+
+
+_OPTIONS = "ABCDE"
+_ONE_CHARACTER_WORD = re.compile(r"\b(\w)\b")
 
 
 def parse_option_letter(prediction: str) -> str | None:
-    """ScienceQA: the exact letter; 'X. ...'; 'The answer is X'; else the first one-letter word."""
+    """ScienceQA's letter as CoIN's eval_science_qa.py parses it, on the stripped prediction.
+
+    Exactly one of A-E; else "X. ..." with X in A-E; else the first one-character word (a letter, digit or
+    "_"), upper-cased ("I think B" gives "I", "b" gives "B"); else None. CoIN then counts a letter beyond
+    the question's choices wrong; comparing with the answer's letter does the same.
+    """
     text = prediction.strip()
-    if len(text) == 1 and text.isupper():
+    if len(text) == 1 and text in _OPTIONS:
         return text
-    for pattern in (_LETTER_DOT, _ANSWER_IS):
-        if m := pattern.search(text):
-            return m.group(1)
-    for word in text.split():
-        word = word.strip(".,:;()[]")
-        if len(word) == 1 and word.isupper() and word != "I":
-            return word
-    return None
+    if len(text) >= 3 and text[0] in _OPTIONS and text[1:3] == ". ":
+        return text[0]
+    first = _ONE_CHARACTER_WORD.search(text)
+    return first.group(1).upper() if first else None
 
 
 def option_letter(prediction: str, example: TestExample) -> float:
@@ -168,21 +208,28 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def bbox_iou(prediction: str, example: TestExample) -> float:
-    """Correct when IoU > 0.5 in normalised coordinates; the truth is a pixel [x, y, w, h] with its size."""
+    """CoIN's Grounding rule (eval_grounding.py): IoU > 0.5 between the predicted and the true box, both
+    [x1, y1, x2, y2] normalised to the image padded to a max(w, h) square (`TestExample.box`; CoIN scales both
+    by max(w, h) first, which leaves IoU unchanged).
+
+    Differs on purpose in the parse: CoIN removes every bracket, then drops the first and last character of
+    what is left before splitting at commas, so "[0.61, 0.36, 0.92, 0.83]" is read as y2 = 0.8 (the last
+    digit lost) and any text around the box makes it unreadable; here the first well-formed box in the text
+    is read whole, and one with x2 <= x1 or y2 <= y1 is wrong.
+    """
     pred = parse_box(prediction)
-    if pred is None or example.bbox is None or example.size is None:
-        return 0.0
-    x, y, w, h = example.bbox
-    width, height = example.size
-    truth = (x / width, y / height, (x + w) / width, (y + h) / height)
-    return float(iou(pred, truth) > 0.5)
+    return float(pred is not None and example.box is not None and iou(pred, example.box) > 0.5)
 
 
 SCORERS: dict[str, Callable[[str, TestExample], float]] = {
     "option_letter": option_letter,
     "vqa_soft": vqa_soft,
     "contains": contains,
+    "contains_cased": contains_cased,
     "exact_match": exact_match,
+    "gqa_match": gqa_match,
+    "upper_match": upper_match,
+    "ocrvqa_match": ocrvqa_match,
     "bbox_iou": bbox_iou,
 }
 
