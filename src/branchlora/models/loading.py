@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     LlavaForConditionalGeneration,
@@ -22,6 +23,7 @@ from transformers import (
     PreTrainedModel,
     ProcessorMixin,
 )
+from transformers.utils import is_torchvision_available
 
 from branchlora.atomic import atomic_dir
 from branchlora.data.benchmark import default_cache_dir
@@ -149,7 +151,7 @@ def load_pretrained(
         model = AutoModelForImageTextToText.from_pretrained(
             name, dtype=dtype, attn_implementation=options.attn_implementation
         )
-        processor = AutoProcessor.from_pretrained(name, **options.processor)
+        processor = auto_processor(name, **options.processor)
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"base {str(name)!r}: {_not_loaded(str(name), err)}") from None
     try:
@@ -158,6 +160,28 @@ def load_pretrained(
         raise ValueError(f"base {str(name)!r}: {err}") from None
     setattr(model, INFO_ATTR, {"name": str(name), "pretrain_seconds": 0.0, "caption_loss": None})
     return model.eval(), processor
+
+
+def auto_processor(name: str, **options) -> ProcessorMixin:
+    """The model's processor through AutoProcessor, with `options` (model.processor).  OneVision's, Qwen-VL's and
+    InternVL's also carry a video processor, which transformers builds only with torchvision; where torchvision is
+    missing they come without it (`image_only`), as this tool gives them images only."""
+    try:
+        return AutoProcessor.from_pretrained(name, **options)
+    except ImportError:
+        if is_torchvision_available():
+            raise
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    return image_only(PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(name))]).from_pretrained(name, **options)
+
+
+def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """`processor_class` without its video processor: transformers builds, loads and checks a processor's parts
+    from `get_attributes`, so one without "video_processor" never asks for torchvision; images and text go through
+    the family's own code, and the class keeps its name (a saved processor names the family's class)."""
+    parts = [name for name in processor_class.get_attributes() if name != "video_processor"]
+    return type(processor_class.__name__, (processor_class,), {"get_attributes": classmethod(lambda cls: parts)})
 
 
 def _not_loaded(name: str, err: Exception) -> str:
@@ -253,7 +277,7 @@ def load_processor(name: str, base_options: dict | None = None, model: ModelConf
     options, model = checked_base_options(base_options), model or ModelConfig()
     if name != "tiny":
         try:
-            return AutoProcessor.from_pretrained(name, **model.processor)
+            return auto_processor(name, **model.processor)
         except (OSError, ValueError, TypeError) as err:
             raise ValueError(f"base {str(name)!r}: {_not_loaded(str(name), err)}") from None
     tiny, pretraining = tiny_configs(options)
