@@ -21,13 +21,7 @@ def count_parameters(
     what would train), on a model with no weights.  A method that grows per task also reports, in
     by_part, what trains at task `n_tasks` and everything trained over the `n_tasks` tasks.
     """
-    model = build_meta_model(model_spec)
-    adapter = dict(adapter or {})
-    if isinstance(model, LinearStack):
-        adapter.setdefault("targets", ".*")  # a plain Linear stack: wrap every Linear
-    method = get_method(method_name)(adapter, options)
-    method.setup(model)
-    method.on_task_start(model, Task(0, "task-1"))
+    model, method = meta_method(model_spec, method_name, adapter, options)
     result = {
         "method": method_name,
         "model": model_spec,
@@ -38,6 +32,18 @@ def count_parameters(
     if method.grows:
         result["by_part"].update(stream_counts(model, method, n_tasks))
     return result
+
+
+def meta_method(model_spec: str, method_name: str, adapter: dict | None = None, options: dict | None = None):
+    """(model, method) on the meta device, the method set up as training sets it up and its first task started."""
+    model = build_meta_model(model_spec)
+    adapter = dict(adapter or {})
+    if isinstance(model, LinearStack):
+        adapter.setdefault("targets", ".*")  # a plain Linear stack: wrap every Linear
+    method = get_method(method_name)(adapter, options)
+    method.setup(model)
+    method.on_task_start(model, Task(0, "task-1"))
+    return model, method
 
 
 def stream_counts(model: nn.Module, method, n_tasks: int) -> dict[str, int]:
