@@ -201,3 +201,24 @@ def test_two_processes_score_exactly_as_one(tmp_path):
     assert ranks[0]["run"][0] == one.matrix[0]  # the base's row, whatever the process count
     assert not (tmp_path / "run-rank1").exists()  # rank 1 wrote no checkpoint, log or predictions
     assert sorted(ranks[0]["files"]) == sorted(expected)
+
+
+def test_report_and_plots_show_unscored_cells_and_na_metrics(tmp_path):
+    from branchlora.continual import MethodResult
+    from branchlora.report import write_outputs
+
+    matrix = [[None, None, None], [80.0, None, None], [60.0, 90.0, None], [40.0, 70.0, 70.0]]
+    method = MethodResult(matrix=matrix, tunable=5, total=9).to_json(3)
+    runs = [{"seed": seed, "order": ["a", "b", "c"], "methods": {"lora": method}} for seed in (0, 1)]
+    base, config = {"name": "tiny", "pretrain_seconds": 0.0}, {"eval": {"future": False}}
+    results = write_outputs(tmp_path, "toy", runs, base, config, {}, {})
+    assert results["methods"]["lora"]["matrix"][0] == [None, None, None]
+    assert results["methods"]["lora"]["repeats"]["fwt"] == {"mean": None, "std": None, "values": [None, None]}
+    report = (tmp_path / "report.md").read_text().splitlines()
+    assert "| lora | 60.00 | 71.67 | -30.00 | 80.00 | n/a | n/a | 5 | - | 0 | 0 |" in report
+    assert "| base | - | - | - |" in report and "| a | 80.0 | - | - |" in report
+    assert "| lora | 60.00 ± 0.00 | 71.67 ± 0.00 | -30.00 ± 0.00 | n/a ± n/a |" in report
+    assert json.loads((tmp_path / "results.json").read_text())["methods"]["lora"]["metrics"]["fwt"] is None
+    assert all(
+        (tmp_path / "plots" / f"{p}.png").stat().st_size > 0 for p in ("matrix-lora", "tasks-lora", "comparison")
+    )
