@@ -51,7 +51,8 @@ def launch(source: str, tmp_path: Path, port: int) -> None:
     script = tmp_path / "script.py"
     script.write_text(source)
     torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    paths = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]  # the sources tested too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--nproc_per_node=2", f"--master_port={port}", str(script), cache, tmp_path, tmp_path]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from branchlora.evaluation.metrics import acc, all_metrics, bwt, forgetting, fwt, maa, mft
+from branchlora.evaluation.metrics import acc, all_metrics, bwt, forgetting, fwt, maa, mft, upper_masked
 
 # 3 tasks; row 0 is the base model.
 R = [
@@ -45,3 +45,13 @@ def test_no_forgetting_and_single_task():
 def test_bad_shape_is_named():
     with pytest.raises(ValueError, match="T \\+ 1 rows of T scores, got 2 rows"):
         acc([[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_without_the_upper_triangle_the_metrics_that_need_it_are_na():
+    """eval.future off: row 0 and the upper triangle are None; ACC, MAA, BWT and MFT use none of them, FWT and
+    forgetting (whose best earlier score includes the rows before a task was learned) cannot be computed."""
+    seen = [[None, None, None], [80.0, None, None], [60.0, 90.0, None], [40.0, 70.0, 70.0]]
+    # MAA = (80 + (60 + 90) / 2 + (40 + 70 + 70) / 3) / 3; BWT = ((40 - 80) + (70 - 90)) / 2
+    expected = {"acc": 60.0, "maa": 71.6667, "bwt": -30.0, "mft": 80.0, "fwt": None, "forgetting": None}
+    assert all_metrics(seen) == expected
+    assert upper_masked(R[1], 1) == [80.0, None, None] and upper_masked(R[3], 3) == R[3]

@@ -1,7 +1,12 @@
 """One method through a task stream: train task after task, score every task after each, checkpoint.
 
-    row 0 <- evaluate(all tasks)                       (the model before any task)
+    row 0 <- evaluate(all tasks)                       (the base before any task: once per run, see run_method)
     for t in tasks:  train_task(t); row t <- evaluate(all tasks); checkpoint(t)
+
+With eval.future off only the tasks learned so far are scored (CoIN's and MCITlib's protocol): row 0 and the
+upper triangle hold None.  Every stage's answers are kept, one JSON Lines file per task:
+<method folder>/predictions/stage-XX/<task>.jsonl (stage 00 = the base, stage t = after task t), records
+{question_id, prompt, text, answer, score[, router]} that LLaVA's and CoIN's eval scripts read.
 
 Checkpoints (adapters, projector, method state, the matrix so far) are written to a temporary folder
 and renamed into place, so a killed run leaves only complete ones; `resume` continues after the last.
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +29,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from branchlora.adapters import load_adapters, save_adapters
-from branchlora.atomic import write_json
-from branchlora.evaluation.evaluate import EvalConfig, evaluate_task
-from branchlora.evaluation.metrics import all_metrics
+from branchlora.atomic import atomic_path, write_json
+from branchlora.evaluation.evaluate import EvalConfig, TaskScore, evaluate_task, prediction_records
+from branchlora.evaluation.metrics import all_metrics, upper_masked
 from branchlora.files import CheckpointError, JsonLines, check_tensors, read_json, read_tensors, read_torch, require
 from branchlora.methods.base import Method, Task
 from branchlora.models.parts import projector
@@ -52,7 +57,7 @@ class StreamData:
 
 @dataclass
 class MethodResult:
-    matrix: list[list[float]] = field(default_factory=list)
+    matrix: list[list[float | None]] = field(default_factory=list)  # None: not scored (eval.future off)
     chosen: list[list[int]] = field(default_factory=list)  # the last row's router choice per test sample
     tunable: int = 0
     total: int = 0
@@ -62,7 +67,7 @@ class MethodResult:
 
     def to_json(self, n_tasks: int) -> dict:
         out = {
-            "matrix": [[round(x, 4) for x in row] for row in self.matrix],
+            "matrix": [[None if x is None else round(x, 4) for x in row] for row in self.matrix],
             "metrics": all_metrics(self.matrix),
             "params": {"tunable": self.tunable, "total": self.total},
             "train_seconds": round(self.train_seconds, 2),
@@ -98,21 +103,53 @@ def task_summary(stats: dict) -> dict:
 
 
 def evaluate_all(
-    model, method, data: StreamData, config: EvalConfig, accelerator, learned: list[str] | None = None
-) -> tuple[list[float], list]:
-    """Score every task of the stream (trained or not): one row of the accuracy matrix.
+    model,
+    method: Method | None,
+    data: StreamData,
+    config: EvalConfig,
+    accelerator,
+    learned: list[str] | None = None,
+    only: Collection[str] | None = None,
+) -> dict[str, TaskScore]:
+    """Score the stream's tasks (those in `only`, default all, trained or not): a row of the accuracy matrix.
 
     Tasks reach the method by name: `learned` lists the tasks behind its routers in order (default: the
     stream's own order), so a task is given the index of the learned task of the same name, and one not
-    learned the index after the last (the methods serve it with the newest router)."""
+    learned the index after the last (the methods serve it with the newest router).  `method` None: the
+    model as it is, before any method wraps it."""
     learned = data.names if learned is None else learned
-    row, chosen = [], []
+    scores = {}
     for name, metric, test in zip(data.names, data.metrics, data.test, strict=True):
-        task = Task(learned.index(name) if name in learned else len(learned), name)
-        result = evaluate_task(model, method, task, test, metric, data.collator, config, accelerator)
-        row.append(result.score)
-        chosen.append(result.chosen)
-    return row, chosen
+        if only is None or name in only:
+            task = Task(learned.index(name) if name in learned else len(learned), name)
+            scores[name] = evaluate_task(model, method, task, test, metric, data.collator, config, accelerator)
+    return scores
+
+
+def row_of(scores: dict[str, TaskScore], names: list[str]) -> list[float | None]:
+    return [scores[name].score if name in scores else None for name in names]
+
+
+def score_base(
+    model: nn.Module, data: StreamData, config: EvalConfig, accelerator, cache: dict[str, TaskScore] | None
+) -> dict[str, TaskScore]:
+    """Row 0: the base before a method wraps it, so the same for every method and seed (a method's untrained
+    adapters add exact zeros, which tests/test_eval_split.py checks for every registered method).  `cache`
+    holds the base's scores by task name across the calls of a run: each task is scored once."""
+    cache = {} if cache is None else cache
+    wanted = data.names if config.future else []
+    missing = [name for name in wanted if name not in cache]
+    if missing:
+        model.to(accelerator.device)
+        cache.update(evaluate_all(model, None, data, config, accelerator, only=missing))
+    return {name: cache[name] for name in wanted}
+
+
+def write_predictions(out_dir: Path, stage: int, scores: dict[str, TaskScore], routers: list[str]) -> None:
+    """<out_dir>/predictions/stage-XX/<task>.jsonl, each written whole (atomically); main process only."""
+    for name, result in scores.items():
+        with atomic_path(out_dir / "predictions" / f"stage-{stage:02d}" / f"{name}.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in prediction_records(result, routers)))
 
 
 def run_method(
@@ -128,20 +165,29 @@ def run_method(
     accelerator: Accelerator | None = None,
     on_step: StepCallback | None = None,
     checkpoint_info: dict | None = None,
+    base_scores: dict[str, TaskScore] | None = None,
 ) -> MethodResult:
-    """Train `method` on the stream from `model` (a fresh copy of the base) and fill its accuracy matrix."""
+    """Train `method` on the stream from `model` (a fresh copy of the base) and fill its accuracy matrix.
+
+    `base_scores`: row 0's scores by task, shared by the calls of a run (see score_base)."""
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    last = latest_checkpoint(out_dir) if resume else None
+    t0 = time.perf_counter()
+    base = None if last is not None else score_base(model, data, eval_config, accelerator, base_scores)
+    base_seconds = time.perf_counter() - t0
     set_seed(train_config.seed)
     method.setup(model)
     model.to(accelerator.device)
     result, start = MethodResult(), 0
-    if resume and (last := latest_checkpoint(out_dir)) is not None:
+    if last is not None:
         start = load_checkpoint(last, model, method, result) + 1
     track = RunLog(accelerator, method.name, train_config.seed)
-    if start == 0:
-        t0 = time.perf_counter()
-        row, _ = evaluate_all(model, method, data, eval_config, accelerator)
-        result.matrix, result.eval_seconds = [row], time.perf_counter() - t0
+    if base is not None:
+        row = row_of(base, data.names)
+        result.matrix, result.eval_seconds = [row], base_seconds
+        if main:
+            write_predictions(out_dir, 0, base, data.names)
         track.stage(0, "base", 0, data.names, row, None)
     else:  # the trackers' step axis goes on where the checkpoint's tasks ended
         track.offset = sum(s["steps"] for s in result.stats)
@@ -167,16 +213,21 @@ def run_method(
             result.tunable, result.total = stats["tunable"], sum(p.numel() for p in model.parameters())
         result.train_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
+        rows = len(data.names) if method.joint else 1  # the joint bound: one model for every row
+        scored = data.names if eval_config.future or method.joint else data.names[: index + 1]
         with gathered(model):  # a sharded base is gathered for generation
-            row, result.chosen = evaluate_all(model, method, data, eval_config, accelerator)
+            scores = evaluate_all(model, method, data, eval_config, accelerator, only=scored)
+        row, result.chosen = row_of(scores, data.names), [s.chosen for s in scores.values()]
+        if main:
+            write_predictions(out_dir, index + rows, scores, data.names)
         stats = {"task": name, **stats, "eval_seconds": time.perf_counter() - t0}
         result.eval_seconds += stats["eval_seconds"]
-        rows = len(data.names) if method.joint else 1  # the joint bound: one model for every row
-        result.matrix += [row] * rows
+        stages = range(index + 1, index + 1 + rows)
+        result.matrix += [row if eval_config.future else upper_masked(row, stage) for stage in stages]
         result.stats.append(stats)
         log("task", **task_summary(stats))
         track.stage(index + 1, name, stats["steps"], data.names, row, result.selector_accuracy())
-        if accelerator.is_main_process:
+        if main:
             save_checkpoint(out_dir, index, model, method, result, checkpoint_info or {})
     track.final(all_metrics(result.matrix), result.selector_accuracy())
     return result

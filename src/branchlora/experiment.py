@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import os
 import platform
@@ -27,7 +28,7 @@ from branchlora.models.loading import base_info, load_base_from, load_processor,
 from branchlora.models.tiny import TinyConfig, build_model
 from branchlora.progress import RunDisplay
 from branchlora.replay import replay_items
-from branchlora.report import write_outputs
+from branchlora.report import build_results, write_outputs
 from branchlora.rundir import check_apart, check_out, claimed, is_main_process
 from branchlora.tracking import flat_config, resolve_trackers
 from branchlora.train import make_accelerator
@@ -138,6 +139,11 @@ def run_experiment(
 
 
 def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool, resume: bool, console) -> dict:
+    """Every (order, seed, method), each from a fresh base: the tiny base deep-copied; a real base is the one
+    loaded here for the first method, then reloaded from disk (the page cache makes that fast) once the
+    previous method's model is freed, so no process holds two copies (a kept CPU copy would cost a 7B base's
+    14 GB of host memory per process, 8 times over on 8 GPUs).  Row 0 is scored once (see score_base); only
+    the main process writes outputs and draws the progress display."""
     loading = {"model": config.model, "dtype": run_dtype(config.train.mixed_precision)}  # the run's precision
     base, processor = load_base_from(config.base, config.base_options, **loading)
     info = base_info(base)
@@ -146,10 +152,11 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
     out, settings, files = Path(config.out), to_dict(config), content_hashes(bench)
     trackers = resolve_trackers(config.log_with)
     accelerator = make_accelerator(config.train, cpu=cpu, log_with=trackers, project_dir=str(out / "logs"))
+    main, tiny = accelerator.is_main_process, config.base == "tiny"
     if trackers:
         accelerator.init_trackers(out.name or "branchlora", config=flat_config(settings))
-    runs = []
-    with RunDisplay(console, len(config.methods) * len(config.seeds) * len(orders)) as display:
+    runs, base_scores = [], {}
+    with RunDisplay(console, len(config.methods) * len(config.seeds) * len(orders), enabled=main) as display:
         for order_index, order in enumerate(orders):
             data = stream(bench, order, collator)
             for seed in config.seeds:
@@ -157,7 +164,10 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
                 results = {}
                 for name in config.methods:
                     method = get_method(name)(config.adapter, config.method_options.get(name))
-                    model = copy.deepcopy(base) if config.base == "tiny" else load_base_from(config.base, **loading)[0]
+                    if tiny:
+                        model = copy.deepcopy(base)
+                    else:  # the base loaded above serves the first method; `model` is then its only holder
+                        model, base = base if base is not None else load_base_from(config.base, **loading)[0], None
                     display.start(name, seed, order_index, len(order))
                     identity = run_identity(settings, name, seed, order, files)
                     checkpoint_info = {"base": config.base, "base_options": config.base_options, "tasks": order,
@@ -165,16 +175,18 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
                     result = run_method(
                         method, model, data, replace(config.train, seed=seed), config.eval, folder / name,
                         resume=resume, replay=config.replay.size, accelerator=accelerator, on_step=display.on_step,
-                        checkpoint_info=checkpoint_info,
+                        checkpoint_info=checkpoint_info, base_scores=base_scores,
                     )  # fmt: skip
                     results[name] = result.to_json(len(order))
                     display.done(name, results[name])
-                    del model
+                    del model, method
+                    gc.collect()  # freed now, before the next base loads, even if reference cycles hold it
                 runs.append({"seed": seed, "order": order, "methods": results})
     accelerator.end_training()  # trackers flush and close
     base_summary = {"name": info["name"], "pretrain_seconds": info.get("pretrain_seconds", 0.0),
                     "caption_loss": info.get("caption_loss")}  # fmt: skip
-    return write_outputs(out, bench.name, runs, base_summary, settings, versions(), machine(accelerator))
+    outputs = (bench.name, runs, base_summary, settings, versions(), machine(accelerator))
+    return write_outputs(out, *outputs) if main else build_results(*outputs)
 
 
 def plan_experiment(

@@ -118,7 +118,8 @@ def evaluate_checkpoint(loaded: Loaded, bench, config: EvalConfig) -> dict:
                       [bench.test_examples(n) for n in names], loaded.collator)  # fmt: skip
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=loaded.mixed_precision)
     loaded.model.to(accelerator.device)
-    row, chosen = evaluate_all(loaded.model, loaded.method, data, config, accelerator, learned=loaded.tasks)
+    scored = evaluate_all(loaded.model, loaded.method, data, config, accelerator, learned=loaded.tasks)
+    row, chosen = [s.score for s in scored.values()], [s.chosen for s in scored.values()]
     scores = dict(zip(names, (round(x, 2) for x in row), strict=True))
     out = {"checkpoint": str(loaded.folder), "scores": scores, "mean": round(sum(row) / len(row), 2)}
     if not_learned := [name for name in names if name not in loaded.tasks]:

@@ -19,27 +19,33 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_matrix(matrix: list[list[float]], tasks: list[str], method: str, path: Path) -> None:
-    """Heatmap of R[t][i]: rows = after task t (row 0 = base), columns = task evaluated."""
+def _nan(values: list[float | None]) -> list[float]:
+    """None (a score not taken, a metric n/a) as NaN: matplotlib leaves it blank."""
+    return [float("nan") if x is None else x for x in values]
+
+
+def plot_matrix(matrix: list[list[float | None]], tasks: list[str], method: str, path: Path) -> None:
+    """Heatmap of R[t][i]: rows = after task t (row 0 = base), columns = task evaluated; unscored cells blank."""
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(tasks), 1.0 + 0.6 * len(matrix)))
-    ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    ax.imshow([_nan(row) for row in matrix], vmin=0, vmax=100, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(tasks)), tasks, rotation=40, ha="right")
     ax.set_yticks(range(len(matrix)), ["base", *tasks[: len(matrix) - 1]])
     for t, row in enumerate(matrix):
         for i, x in enumerate(row):
-            ax.text(i, t, f"{x:.0f}", ha="center", va="center", color="white" if x < 60 else "black", fontsize=8)
+            if x is not None:
+                ax.text(i, t, f"{x:.0f}", ha="center", va="center", color="white" if x < 60 else "black", fontsize=8)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after training on")
     ax.set_title(f"{method}: accuracy matrix (%)")
     _save(fig, path)
 
 
-def plot_task_curves(matrix: list[list[float]], tasks: list[str], method: str, path: Path) -> None:
+def plot_task_curves(matrix: list[list[float | None]], tasks: list[str], method: str, path: Path) -> None:
     """Each task's score across the stages: learning, then forgetting."""
     fig, ax = plt.subplots(figsize=(7, 4))
     stages = range(len(matrix))
     for i, task in enumerate(tasks):
-        ax.plot(stages, [row[i] for row in matrix], marker="o", markersize=3, label=task)
+        ax.plot(stages, _nan([row[i] for row in matrix]), marker="o", markersize=3, label=task)
         if i + 1 < len(matrix):
             ax.axvline(i + 1, color="grey", lw=0.3)
     ax.set_xticks(list(stages), ["base", *tasks[: len(matrix) - 1]], rotation=40, ha="right")
@@ -58,9 +64,9 @@ def plot_comparison(methods: dict[str, dict], path: Path) -> None:
     width = 0.8 / len(keys)
     for j, key in enumerate(keys):
         values = [methods[n].get("repeats", {}).get(key, {}).get("mean", methods[n]["metrics"][key]) for n in names]
-        errors = [methods[n].get("repeats", {}).get(key, {}).get("std", 0.0) for n in names]
+        errors = [methods[n].get("repeats", {}).get(key, {}).get("std", 0.0) or 0.0 for n in names]
         xs = [i + (j - 1) * width for i in range(len(names))]
-        ax.bar(xs, values, width, yerr=errors, capsize=3, label=key.upper())
+        ax.bar(xs, _nan(values), width, yerr=errors, capsize=3, label=key.upper())
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("%")

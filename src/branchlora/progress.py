@@ -59,11 +59,12 @@ def step_progress(
 
 class RunDisplay:
     """The display of a run: on a terminal, a bar for all runs and one for the current task; otherwise
-    a line when a method starts, LineProgress lines through each task, and a line per finished method."""
+    a line when a method starts, LineProgress lines through each task, and a line per finished method.
+    Not `enabled` (a process other than the main one): nothing at all."""
 
-    def __init__(self, console: Console, n_runs: int) -> None:
-        self.console = console
-        self.live = console.is_terminal
+    def __init__(self, console: Console, n_runs: int, enabled: bool = True) -> None:
+        self.console = console if enabled else Console(quiet=True)
+        self.live = enabled and console.is_terminal
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -71,7 +72,7 @@ class RunDisplay:
             TextColumn("{task.fields[loss]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=console,
+            console=self.console,
             transient=False,
         )
         self.overall = self.progress.add_task("methods", total=n_runs, loss="")
@@ -112,9 +113,9 @@ class RunDisplay:
             self.progress.remove_task(self.current)
             self.current = None
         self.lines = None
-        m = result["metrics"]
+        m = {k: "n/a" if v is None else f"{v:.2f}" for k, v in result["metrics"].items()}
         self.console.print(
-            f"[green]✓[/] {escape(self.label)}: ACC {m['acc']:.2f}  MAA {m['maa']:.2f}  BWT {m['bwt']:.2f}"
+            f"[green]✓[/] {escape(self.label)}: ACC {m['acc']}  MAA {m['maa']}  BWT {m['bwt']}"
             f"  ({result['train_seconds']:.0f}s train, {result['eval_seconds']:.0f}s eval)",
             soft_wrap=True,
         )

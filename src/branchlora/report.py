@@ -21,10 +21,15 @@ PAPER_COIN_7B = {
 
 
 def repeats(runs: list[dict], method: str) -> dict:
-    """Mean and (population) standard deviation of each metric over the runs (seeds x orders)."""
+    """Mean and (population) standard deviation of each metric over the runs (seeds x orders); None (n/a)
+    for a metric some run could not compute (eval.future off)."""
     values = {m: [run["methods"][method]["metrics"][m] for run in runs] for m in METRIC_NAMES}
-    return {"n": len(runs), **{m: {"mean": round(mean(v), 4), "std": round(pstdev(v), 4), "values": v}
+    return {"n": len(runs), **{m: {"mean": _stat(mean, v), "std": _stat(pstdev, v), "values": v}
                                for m, v in values.items()}}  # fmt: skip
+
+
+def _stat(fn, values: list[float | None]) -> float | None:
+    return None if None in values else round(fn(values), 4)
 
 
 def build_results(bench: str, runs: list[dict], base: dict, config: dict, versions: dict, machine: dict) -> dict:
@@ -57,8 +62,8 @@ def write_outputs(
     return results
 
 
-def _fmt(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+def _fmt(x: float | None, digits: int = 2, missing: str = "-") -> str:
+    return missing if x is None else f"{x:.{digits}f}"
 
 
 def training_table(tasks: list[dict], method: str) -> list[str]:
@@ -93,12 +98,18 @@ def render_report(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["methods"].items():
-        m = r["metrics"]
+        metrics = [_fmt(r["metrics"][k], missing="n/a") for k in METRIC_NAMES]
         lines.append(
-            f"| {name} | {m['acc']:.2f} | {m['maa']:.2f} | {m['bwt']:.2f} | {m['mft']:.2f} | {m['fwt']:.2f} | "
-            f"{m['forgetting']:.2f} | {r['params']['tunable']:,} | {_fmt(r.get('selector_accuracy'), 1)} | "
+            f"| {name} | {' | '.join(metrics)} | {r['params']['tunable']:,} | {_fmt(r.get('selector_accuracy'), 1)} | "
             f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |"
         )
+    if not results["config"].get("eval", {}).get("future", True):
+        lines += ["", "eval.future is off: only the tasks learned so far are scored (CoIN's protocol), so row 0 and "
+                  "the matrices' upper triangle are empty (-) and the metrics that need them (FWT, forgetting) "
+                  "are n/a."]  # fmt: skip
+    lines += ["", "Every stage's answers, one JSON Lines file per task: `<method>/predictions/stage-XX/<task>.jsonl` "
+              "(stage 00 = the base, stage t = after task t), records {question_id, prompt, text, answer, score, "
+              "router when the method selects}: CoIN's eval scripts read question_id and text."]  # fmt: skip
     first = next(iter(results["methods"].values()))
     if "repeats" in first:
         n = first["repeats"]["n"]
@@ -106,7 +117,7 @@ def render_report(results: dict) -> str:
                   "| method | ACC | MAA | BWT | forgetting |", "|---|---|---|---|---|"]  # fmt: skip
         for name, r in results["methods"].items():
             cells = [
-                f"{r['repeats'][k]['mean']:.2f} ± {r['repeats'][k]['std']:.2f}"
+                f"{_fmt(r['repeats'][k]['mean'], missing='n/a')} ± {_fmt(r['repeats'][k]['std'], missing='n/a')}"
                 for k in ("acc", "maa", "bwt", "forgetting")
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -115,7 +126,7 @@ def render_report(results: dict) -> str:
         lines += [f"## {name}", "", "Accuracy matrix (row t = after task t; row 0 = before any task):", "",
                   "| after \\ on | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]  # fmt: skip
         for t, row in enumerate(r["matrix"]):
-            lines.append(f"| {'base' if t == 0 else tasks[t - 1]} | " + " | ".join(f"{x:.1f}" for x in row) + " |")
+            lines.append(f"| {'base' if t == 0 else tasks[t - 1]} | " + " | ".join(_fmt(x, 1) for x in row) + " |")
         if "selector_confusion" in r:
             lines += ["", f"Task selector after the last task: {r['selector_accuracy']:.1f}% of test samples routed "
                       "to their own task's router (confusion: row = true task, column = chosen router):", "",

@@ -74,15 +74,18 @@ class RunLog:
             values = {f"{self.prefix}{k}": v for k, v in record.items() if k != "step"}
             self.accelerator.log(values, step=self.offset + record["step"])
 
-    def stage(self, stage: int, task: str, steps: int, names: list[str], row: list[float], selector: float | None):
+    def stage(
+        self, stage: int, task: str, steps: int, names: list[str], row: list[float | None], selector: float | None
+    ):
         """The scores after training `task` (stage `stage`), one row of the matrix; `steps` ends the task."""
         self.offset += steps
         if self.active:
-            values = {f"{self.prefix}after_{task}/{name}": score for name, score in zip(names, row, strict=True)}
-            values[f"{self.prefix}mean_score"] = sum(row) / len(row)
+            scored = {name: score for name, score in zip(names, row, strict=True) if score is not None}  # eval.future
+            values = {f"{self.prefix}after_{task}/{name}": score for name, score in scored.items()}
+            values[f"{self.prefix}mean_score"] = sum(scored.values()) / len(scored) if scored else None
             if selector is not None:
                 values[f"{self.prefix}selector_accuracy"] = selector
-            self.accelerator.log(values, step=stage)
+            self.accelerator.log({k: v for k, v in values.items() if v is not None}, step=stage)
 
     def final(self, metrics: dict[str, float], selector: float | None) -> None:
         if self.active:

@@ -17,7 +17,7 @@ def evaluate(
     checkpoint: Path = typer.Option(..., help="a task checkpoint or a method folder"),
     benchmark: str = typer.Option(..., help="a built-in benchmark name or a benchmark YAML file"),
     oracle: bool = typer.Option(False, help="route with the true task id instead of the selector"),
-    limit: int = typer.Option(0, min=0, help="test items per task (0: all)"),
+    limit: int = typer.Option(0, min=0, help="test items per task, drawn as eval.limit draws them (0: all)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Score every task of a benchmark with a trained checkpoint."""
