@@ -62,7 +62,7 @@ def write_outputs(
     return results
 
 
-def _fmt(x: float | None, digits: int = 2, missing: str = "-") -> str:
+def fmt(x: float | None, digits: int = 2, missing: str = "-") -> str:
     return missing if x is None else f"{x:.{digits}f}"
 
 
@@ -75,8 +75,8 @@ def training_table(tasks: list[dict], method: str) -> list[str]:
     lines = ["", f"Training (the last losses read; every logged step in `{method}/log.jsonl`):", "",
              "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]  # fmt: skip
     for t in tasks:
-        cells = [t["task"], str(t["steps"]), *(_fmt(t.get(k), 4) for k in losses)]
-        cells += [_fmt(t["train_seconds"], 1), _fmt(t["eval_seconds"], 1), _fmt(t["steps_per_s"], 2)]
+        cells = [t["task"], str(t["steps"]), *(fmt(t.get(k), 4) for k in losses)]
+        cells += [fmt(t["train_seconds"], 1), fmt(t["eval_seconds"], 1), fmt(t["steps_per_s"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -87,8 +87,8 @@ def render_report(results: dict) -> str:
     lines = [
         f"# {results['benchmark']['name']}: {', '.join(results['methods'])}",
         "",
-        f"Base: `{base['name']}` (caption loss {_fmt(base.get('caption_loss'), 3)}, pre-training "
-        f"{_fmt(base['pretrain_seconds'], 0)} s in this run). Tasks in order: {', '.join(tasks)}.",
+        f"Base: `{base['name']}` (caption loss {fmt(base.get('caption_loss'), 3)}, pre-training "
+        f"{fmt(base['pretrain_seconds'], 0)} s in this run). Tasks in order: {', '.join(tasks)}.",
         "Scores are percentages; ACC = mean after the last task, MAA = mean average accuracy, BWT = backward "
         "transfer (negative = forgetting), MFT = score right after learning, FWT = forward transfer, forgetting "
         "= mean over earlier tasks of (best score after any task before the last) - (final score) (Chaudhry et "
@@ -98,9 +98,9 @@ def render_report(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["methods"].items():
-        metrics = [_fmt(r["metrics"][k], missing="n/a") for k in METRIC_NAMES]
+        metrics = [fmt(r["metrics"][k], missing="n/a") for k in METRIC_NAMES]
         lines.append(
-            f"| {name} | {' | '.join(metrics)} | {r['params']['tunable']:,} | {_fmt(r.get('selector_accuracy'), 1)} | "
+            f"| {name} | {' | '.join(metrics)} | {r['params']['tunable']:,} | {fmt(r.get('selector_accuracy'), 1)} | "
             f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |"
         )
     if not results["config"].get("eval", {}).get("future", True):
@@ -117,7 +117,7 @@ def render_report(results: dict) -> str:
                   "| method | ACC | MAA | BWT | forgetting |", "|---|---|---|---|---|"]  # fmt: skip
         for name, r in results["methods"].items():
             cells = [
-                f"{_fmt(r['repeats'][k]['mean'], missing='n/a')} ± {_fmt(r['repeats'][k]['std'], missing='n/a')}"
+                f"{fmt(r['repeats'][k]['mean'], missing='n/a')} ± {fmt(r['repeats'][k]['std'], missing='n/a')}"
                 for k in ("acc", "maa", "bwt", "forgetting")
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -126,7 +126,7 @@ def render_report(results: dict) -> str:
         lines += [f"## {name}", "", "Accuracy matrix (row t = after task t; row 0 = before any task):", "",
                   "| after \\ on | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]  # fmt: skip
         for t, row in enumerate(r["matrix"]):
-            lines.append(f"| {'base' if t == 0 else tasks[t - 1]} | " + " | ".join(_fmt(x, 1) for x in row) + " |")
+            lines.append(f"| {'base' if t == 0 else tasks[t - 1]} | " + " | ".join(fmt(x, 1) for x in row) + " |")
         if "selector_confusion" in r:
             lines += ["", f"Task selector after the last task: {r['selector_accuracy']:.1f}% of test samples routed "
                       "to their own task's router (confusion: row = true task, column = chosen router):", "",
@@ -138,7 +138,7 @@ def render_report(results: dict) -> str:
     lines += ["## For orientation: the papers' numbers on real CoIN (LLaVA-1.5-7B), not measured here", "",
               "| method | ACC | MAA | BWT | tunable |", "|---|---|---|---|---|"]  # fmt: skip
     for name, (a, m, b, p) in PAPER_COIN_7B.items():
-        lines.append(f"| {name} | {_fmt(a)} | {_fmt(m)} | {_fmt(b)} | {p or '-'} |")
+        lines.append(f"| {name} | {fmt(a)} | {fmt(m)} | {fmt(b)} | {p or '-'} |")
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
               f"Machine: {', '.join(f'{k} {v}' for k, v in results['machine'].items())}", ""]  # fmt: skip
     return "\n".join(lines)

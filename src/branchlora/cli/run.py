@@ -8,6 +8,7 @@ from rich.table import Table
 
 from branchlora.cli.errors import user_errors
 from branchlora.config import load_config, parse_override
+from branchlora.report import fmt
 
 
 def _ints(text: str) -> list[int]:
@@ -39,10 +40,12 @@ def _orders(text: str) -> list[list[str]]:
 
 
 def _cell(result: dict, metric: str) -> str:
-    """A metric, as mean ± std when the run was repeated over seeds or orders."""
+    """A metric, as mean ± std when the run was repeated over seeds or orders; n/a where it could not be
+    computed (eval.future off: no upper triangle)."""
     if "repeats" in result:
-        return f"{result['repeats'][metric]['mean']:.2f} ± {result['repeats'][metric]['std']:.2f}"
-    return f"{result['metrics'][metric]:.2f}"
+        stats = result["repeats"][metric]
+        return f"{fmt(stats['mean'], missing='n/a')} ± {fmt(stats['std'], missing='n/a')}"
+    return fmt(result["metrics"][metric], missing="n/a")
 
 
 def run(
