@@ -150,7 +150,11 @@ def enable_checkpointing(model: nn.Module) -> None:
     """Gradient checkpointing on every layer that supports it (language model and vision tower; a frozen
     tower has no graph to replay), non-reentrant: frozen inputs need no require-grads hook, and the routing
     context stays open through backward (see train_task), so the replayed forward routes as the first did."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 @dataclass
