@@ -1,5 +1,6 @@
 """Gradient checkpointing replays each decoder layer's forward in backward, with the batch's routing still set:
-the gradients are those of the plain forward, for a plain, a mixture and a task-routed adapter."""
+the gradients are those of the plain forward, for a plain, a mixture and a task-routed adapter (BranchLoRA routing
+by the mean over non-padding tokens fails this test when the routing context closes before backward)."""
 
 import pytest
 import torch
@@ -37,12 +38,13 @@ def first_gradients(base, stream, name: str, adapter: dict, checkpointing: bool,
     for index in (0, 1):
         grads.clear()
         calls.clear()
-        train_task(model, method, Task(index, stream.names[index]), stream.train[index][:4],
-                   stream.collator.train_batch, config, accelerator)  # fmt: skip
+        mixed = stream.train[index][:2] + stream.train[2][:2]  # two instructions' lengths: padding to route around
+        train_task(model, method, Task(index, stream.names[index]), mixed, stream.collator.train_batch, config,
+                   accelerator)  # fmt: skip
     return grads, len(calls)
 
 
-@pytest.mark.parametrize(("name", "adapter"), [("lora", LORA), ("moelora", ADAPTER), ("branchlora", ADAPTER)])
+@pytest.mark.parametrize(("name", "adapter"), [("lora", LORA), ("moelora", ADAPTER), ("branchlora", ADAPTER), ("branchlora", {**ADAPTER, "routing": "mean"})])
 def test_checkpointing_keeps_gradients(small_toy, name, adapter, monkeypatch):
     base, stream = small_toy
     plain, plain_calls = first_gradients(base, stream, name, adapter, False, monkeypatch)
