@@ -44,7 +44,10 @@ def first_gradients(base, stream, name: str, adapter: dict, checkpointing: bool,
     return grads, len(calls)
 
 
-@pytest.mark.parametrize(("name", "adapter"), [("lora", LORA), ("moelora", ADAPTER), ("branchlora", ADAPTER), ("branchlora", {**ADAPTER, "routing": "mean"})])
+CASES = [("lora", LORA), ("moelora", ADAPTER), ("branchlora", ADAPTER), ("branchlora", {**ADAPTER, "routing": "mean"})]
+
+
+@pytest.mark.parametrize(("name", "adapter"), CASES)
 def test_checkpointing_keeps_gradients(small_toy, name, adapter, monkeypatch):
     base, stream = small_toy
     plain, plain_calls = first_gradients(base, stream, name, adapter, False, monkeypatch)
