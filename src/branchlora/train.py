@@ -60,13 +60,20 @@ class TrainConfig:
         default=False, metadata={"help": "several processes: shard the frozen base (FSDP2), adapters stay whole"}
     )
     gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "recompute the layers' activations in backward (less memory, ~1/3 slower)"}
+        default=False,
+        metadata={"help": "recompute each layer's activations in backward: less memory, one more forward"},
     )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: collate inline)", "min": 0})
     save_every: int = field(
         default=0, metadata={"help": "optimizer steps between checkpoints inside a task (--resume; 0: off)", "min": 0}
     )
-    keep: str = field(default="all", metadata={"help": "task checkpoints kept: all, or the last only", "choices": KEEP})
+    keep: str = field(
+        default="all",
+        metadata={
+            "help": "stages whose weights are kept: all, or the last only (state.json of each stays)",
+            "choices": KEEP,
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
