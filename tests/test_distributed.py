@@ -2,12 +2,15 @@
 branches and task keys."""
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import torch
+
+import branchlora
 
 from engine_support import micro_base
 
@@ -43,16 +46,23 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def launch(source: str, tmp_path: Path, port: int) -> None:
-    """Run `source` on two processes under torchrun (gloo), with argv: the micro base's cache, the toy data's
-    folder and the output folder (all under tmp_path)."""
-    cache = tmp_path / "cache"
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(source: str, tmp_path: Path, port: int | None = None, cache: Path | None = None) -> None:
+    """Run `source` on two processes under torchrun (gloo), with argv: the micro base's cache (default: built
+    under tmp_path), the toy data's folder and the output folder (tmp_path); a free port unless given."""
+    cache = cache or tmp_path / "cache"
     micro_base(cache)  # build once, before the ranks read it
+    port = port or free_port()
     script = tmp_path / "script.py"
     script.write_text(source)
     torchrun = Path(sys.executable).parent / "torchrun"
-    paths = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]  # the sources tested too
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}
+    source_root = Path(branchlora.__file__).parents[1]  # the ranks import the branchlora this test imported
+    env = {**os.environ, "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{source_root}", "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--nproc_per_node=2", f"--master_port={port}", str(script), cache, tmp_path, tmp_path]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -39,9 +39,11 @@ from branchlora.replay import replay_items
 from branchlora.selector import confusion
 from branchlora.sharding import gathered
 from branchlora.tracking import RunLog
-from branchlora.train import TrainConfig, train_task
+from branchlora.train import LoopState, TrainConfig, train_task
 
 StepCallback = Callable[[str, int, int, dict[str, float]], None]  # (phase, step, total, losses)
+IN_TASK = "in-task"  # DIR/in-task/: the latest checkpoint inside the task being trained (train.save_every)
+WEIGHTS = ("adapters.safetensors", "projector.safetensors", "method.pt", "loop.pt")  # what train.keep=last drops
 
 
 @dataclass
@@ -207,8 +209,13 @@ def run_method(
             log("step", task=_name, **record)
             track.step(record)
 
+        def save(loop: LoopState, _index: int = index) -> None:
+            if accelerator.is_main_process:
+                save_checkpoint(out_dir, _index, model, method, result, checkpoint_info or {}, loop)
+
+        restore = in_task_restore(out_dir, index, model, method) if resume and index == start else None
         stats = train_task(model, method, task, examples, data.collator.train_batch, train_config, accelerator, step,
-                           on_log, replay=kept)  # fmt: skip
+                           on_log, replay=kept, save=save, restore=restore)  # fmt: skip
         if index == 0:  # counted as the papers count: what trains on the first task
             result.tunable, result.total = stats["tunable"], sum(p.numel() for p in model.parameters())
         result.train_seconds += time.perf_counter() - t0
@@ -229,6 +236,9 @@ def run_method(
         track.stage(index + 1, name, stats["steps"], data.names, row, result.selector_accuracy())
         if main:
             save_checkpoint(out_dir, index, model, method, result, checkpoint_info or {})
+            shutil.rmtree(out_dir / IN_TASK, ignore_errors=True)  # the task is done: its inner checkpoint is stale
+            if train_config.keep == "last":
+                drop_earlier_weights(out_dir, index)
     track.final(all_metrics(result.matrix), result.selector_accuracy())
     return result
 
@@ -239,14 +249,21 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def save_checkpoint(
-    out_dir: Path, index: int, model: nn.Module, method: Method, result: MethodResult, info: dict
+    out_dir: Path,
+    index: int,
+    model: nn.Module,
+    method: Method,
+    result: MethodResult,
+    info: dict,
+    loop: LoopState | None = None,
 ) -> Path:
     """DIR/task-XX/: adapters, projector, method state and the matrix, renamed into place when complete.
 
     `info` is what a later `predict` needs to rebuild the model (the base's name, the task names) and,
-    from an experiment, the full config and the run's identity (see `require_same_run`)."""
-    final = out_dir / f"task-{index:02d}"
-    tmp = out_dir / f".tmp-task-{index:02d}"
+    from an experiment, the full config and the run's identity (see `require_same_run`).  With `loop` (a
+    step inside task `index`), DIR/in-task/ instead, with the loop's state in loop.pt beside the rest."""
+    name = f"task-{index:02d}" if loop is None else IN_TASK
+    final, tmp = out_dir / name, out_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_adapters(model, tmp)
@@ -258,9 +275,38 @@ def save_checkpoint(
     state = {"method": method.name, "task_index": index, "adapter": method.adapter.to_dict(),
              "options": vars(method.options), "result": vars(result), **info}  # fmt: skip
     write_json(tmp / "state.json", state)
+    if loop is not None:
+        torch.save(vars(loop), tmp / "loop.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
+
+
+def in_task_restore(out_dir: Path, index: int, model: nn.Module, method: Method) -> Callable[[], LoopState] | None:
+    """What restores DIR/in-task/ into the model and method when it holds a step inside task `index` (None:
+    the task starts from its beginning)."""
+    folder = out_dir / IN_TASK
+    if not (folder / "state.json").is_file() or read_state(folder)["task_index"] != index:
+        return None
+
+    def restore() -> LoopState:
+        load_checkpoint(folder, model, method)
+        saved = read_torch(folder / "loop.pt")
+        try:
+            return LoopState(**saved)
+        except TypeError as err:
+            raise CheckpointError(f"{folder / 'loop.pt'}: not a training loop's state ({err})") from None
+
+    return restore
+
+
+def drop_earlier_weights(out_dir: Path, index: int) -> None:
+    """train.keep=last: the stages before `index` keep their state.json (the matrix so far) and whatever else
+    they hold (predictions), not their adapters, projector and method state."""
+    for folder in out_dir.glob("task-[0-9][0-9]"):
+        if int(folder.name[5:]) < index:
+            for name in WEIGHTS:
+                (folder / name).unlink(missing_ok=True)
 
 
 def read_state(folder: Path) -> dict:
@@ -275,7 +321,7 @@ def read_state(folder: Path) -> dict:
 def require_same_run(out_dir: Path, expected: dict) -> None:
     """Refuse to resume from checkpoints of another run: `expected` is the identity `info["run"]` held
     (settings that change results, the seed and the task order); the message lists every difference."""
-    last = latest_checkpoint(out_dir)
+    last = latest_checkpoint(out_dir) or (out_dir / IN_TASK if (out_dir / IN_TASK).is_dir() else None)
     if last is None:
         return
     stored = read_json(last / "state.json").get("run")

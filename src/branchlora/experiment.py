@@ -31,7 +31,7 @@ from branchlora.replay import replay_items
 from branchlora.report import build_results, write_outputs
 from branchlora.rundir import check_apart, check_out, claimed, is_main_process
 from branchlora.tracking import flat_config, resolve_trackers
-from branchlora.train import make_accelerator
+from branchlora.train import HOW, launched_processes, make_accelerator
 
 
 def stream(bench: Benchmark, order: list[str], collator: Collator) -> StreamData:
@@ -102,7 +102,8 @@ def run_identity(config: dict, method: str, seed: int, order: list[str], files: 
     keys = ("benchmark_options", "base", "base_options", "model", "adapter", "eval")
     options = config["method_options"].get(method, {})
     return {**{k: config[k] for k in keys}, "method": method, "method_options": options, "benchmark_files": files,
-            "train": {**config["train"], "seed": seed}, "tasks": list(order)}  # fmt: skip
+            "train": {**{k: v for k, v in config["train"].items() if k not in HOW}, "seed": seed},
+            "tasks": list(order)}  # fmt: skip
 
 
 def run_folder(out: Path, config: RunConfig, order_index: int, seed: int) -> Path:
@@ -209,19 +210,22 @@ def plan_experiment(
                              config.model)  # fmt: skip
     longest = longest_sequences(bench, names, collator)
     limit = config.eval.limit or None
+    processes = launched_processes()  # steps per task count the processes the run is launched on
     tasks = [{"task": name, "train": len(bench.train_examples(name)), "test": len(bench.test_examples(name, limit)),
-              "steps": config.train.steps(len(bench.train_examples(name))), "longest_train": longest[name]["train"],
-              "longest_test": longest[name]["test"]} for name in names]  # fmt: skip
+              "steps": config.train.steps(len(bench.train_examples(name)), processes),
+              "longest_train": longest[name]["train"], "longest_test": longest[name]["test"]}
+             for name in names]  # fmt: skip
     train = [bench.train_examples(name) for name in orders[0]]
     sizes = [len(items) for items in train]
     # Task i trains on its items and the replayed ones of tasks 0..i-1 (how many: the seed does not matter).
     sequential = sum(
-        config.train.steps(n + len(replay_items(train, i, config.replay.size, 0))) for i, n in enumerate(sizes)
+        config.train.steps(n + len(replay_items(train, i, config.replay.size, 0)), processes)
+        for i, n in enumerate(sizes)
     )
     methods = {}
     for name in config.methods:
         method = get_method(name)(config.adapter, config.method_options.get(name))
-        steps = config.train.joint(len(sizes)).steps(sum(sizes)) if method.joint else sequential
+        steps = config.train.joint(len(sizes)).steps(sum(sizes), processes) if method.joint else sequential
         methods[name] = {"tunable": tunable_parameters(make_model(), method, orders[0][0]), "steps": steps}
     base = {"name": config.base, "parameters": sum(p.numel() for p in make_model().parameters())}
     if config.base == "tiny":

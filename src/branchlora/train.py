@@ -7,16 +7,21 @@ use, extra losses added to a StepContext, extra parameter groups, and what happe
 from __future__ import annotations
 
 import math
+import os
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
@@ -29,6 +34,8 @@ from branchlora.sharding import average_gradients, check_replicated, gathered, s
 from branchlora.typed import check_fields
 
 PRECISIONS = ("no", "bf16")
+KEEP = ("all", "last")
+HOW = ("gradient_checkpointing", "num_workers", "save_every", "keep")  # how a run trains, not what it learns
 LOSS_EVERY = 10  # optimizer steps between reads of the losses on the host
 
 
@@ -52,6 +59,21 @@ class TrainConfig:
     shard_frozen: bool = field(
         default=False, metadata={"help": "several processes: shard the frozen base (FSDP2), adapters stay whole"}
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute each layer's activations in backward: less memory, one more forward"},
+    )
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: collate inline)", "min": 0})
+    save_every: int = field(
+        default=0, metadata={"help": "optimizer steps between checkpoints inside a task (--resume; 0: off)", "min": 0}
+    )
+    keep: str = field(
+        default="all",
+        metadata={
+            "help": "stages whose weights are kept: all, or the last only (state.json of each stays)",
+            "choices": KEEP,
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -60,17 +82,86 @@ class TrainConfig:
         """The budget of the joint (multi-task) bound: n_tasks tasks' worth of steps on their union."""
         return replace(self, max_steps=self.max_steps * n_tasks)
 
-    def steps(self, n_examples: int) -> int:
-        """Optimizer steps of a task with `n_examples` training items (max_steps, or from epochs)."""
-        batches = math.ceil(n_examples / self.batch_size)
-        return self.max_steps or max(1, math.ceil(self.epochs * batches / self.grad_accum))
+    def steps(self, n_examples: int, processes: int = 1) -> int:
+        """Optimizer steps of a task with `n_examples` training items on `processes` processes (max_steps, or
+        from epochs): each process sees ceil(n / (processes x batch_size)) batches per epoch, and a partial
+        accumulation at an epoch's end is a step of its own, so one epoch is ceil(n / (processes x batch x accum))."""
+        batches = math.ceil(n_examples / (processes * self.batch_size))  # per process and epoch
+        return self.max_steps or max(1, math.ceil(self.epochs * math.ceil(batches / self.grad_accum)))
+
+
+def routed(model: nn.Module, batch: dict[str, torch.Tensor], task_ids: Any) -> AbstractContextManager:
+    """The routing context of this batch (task router, padding, the sample of each projector row)."""
+    return routing_context(model, task_ids, batch["attention_mask"], rows=partial(sample_rows, model, batch))
+
+
+def launched_processes() -> int:
+    """The processes this run is launched on (torchrun and accelerate launch set WORLD_SIZE), known
+    without starting them (the dry run)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def forward(model: nn.Module, batch: dict[str, torch.Tensor], task_ids: Any, accelerator: Accelerator) -> Any:
-    """A model forward with the routing context of this batch (task router, padding)."""
-    rows = partial(sample_rows, model, batch)
-    with routing_context(model, task_ids, batch["attention_mask"], rows=rows), accelerator.autocast():
+    """A model forward with the routing context of this batch."""
+    with routed(model, batch, task_ids), accelerator.autocast():
         return model(**model_inputs(batch))
+
+
+@dataclass
+class LoopState:
+    """Where a task's loop stands after an optimizer step: enough to go on bit for bit (train.save_every).
+
+    `sampler` is the shuffle generator's state at the start of the current epoch and `batches` the
+    micro-batches of that epoch already consumed (per process), so the same order is drawn again and
+    those batches skipped without loading them; `rng` holds the global generators (dropout, router noise)."""
+
+    step: int
+    batches: int
+    sampler: torch.Tensor
+    optimizer: dict
+    scheduler: dict
+    rng: dict
+    last: dict[str, float]
+
+
+def rng_state() -> dict:
+    """The global random generators' states, as plain tensors and lists (weights_only loading reads them)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_ratio: float, updates: int) -> LRScheduler:
+    """Linear warm-up over int(warmup_ratio x updates) optimizer steps, then a cosine to zero at `updates`.
+
+    Stepped once per optimizer step by the loop and never handed to `accelerator.prepare`: Accelerate's
+    wrapper steps it once per process on every optimizer step, which would end the cosine N times early
+    and climb it back."""
+    return get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * updates), updates)
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Gradient checkpointing on every layer that supports it (language model and vision tower; a frozen
+    tower has no graph to replay), non-reentrant: frozen inputs need no require-grads hook, and the routing
+    context stays open through backward (see train_task), so the replayed forward routes as the first did."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 @dataclass
@@ -110,7 +201,23 @@ def make_accelerator(
             "tasks; launch with a multi-GPU config (configs/accelerate/fsdp-8gpu.yaml) and set "
             "train.shard_frozen=true, which shards the frozen base itself"
         )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        check_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, config)
     return accelerator
+
+
+def check_deepspeed(deepspeed_config: dict, config: TrainConfig) -> None:
+    """DeepSpeed accumulates by its own config's count: it must be train.grad_accum, or the loop's steps and
+    schedule count something else than DeepSpeed's updates; its optimizer state is partitioned, which the
+    checkpoints inside a task (train.save_every) do not gather."""
+    theirs = deepspeed_config.get("gradient_accumulation_steps")
+    if theirs != config.grad_accum:
+        raise ValueError(
+            f"the DeepSpeed launch config's gradient_accumulation_steps is {theirs} but train.grad_accum is "
+            f"{config.grad_accum}; set them equal (in the launch config, or --set train.grad_accum={theirs})"
+        )
+    if config.save_every:
+        raise ValueError("train.save_every is not supported under DeepSpeed (partitioned optimizer state); set it to 0")
 
 
 def param_groups(model: nn.Module, method: Method, config: TrainConfig) -> list[dict]:
@@ -179,6 +286,8 @@ def train_task(
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     on_log: Callable[[dict[str, float]], None] | None = None,
     replay: Sequence = (),
+    save: Callable[[LoopState], None] | None = None,
+    restore: Callable[[], LoopState] | None = None,
 ) -> dict[str, float]:
     """Train one task: a fresh optimizer and schedule, the method's losses, gradient accumulation.
 
@@ -187,38 +296,57 @@ def train_task(
 
     `on_step(step, total, losses)` follows progress on every step (losses as last read); `on_log` gets
     {"step", "lr", "loss_<name>"...} on each step whose losses are read.  A non-finite loss, or
-    parameters that are not finite at the end, raise DivergedError before the task's hooks run."""
+    parameters that are not finite at the end, raise DivergedError before the task's hooks run.
+    `save` gets the loop's state every train.save_every optimizer steps (not after the last); `restore`, called
+    once the task has started (the method grew what the task adds), loads a saved model and method state and
+    returns the loop's, from which training goes on as if never stopped."""
     set_seed(config.seed * 1000 + task.index)  # the task's randomness depends on nothing before it
     method.on_task_start(model, task)
+    resumed = restore() if restore is not None else None
     sharded = config.shard_frozen and accelerator.num_processes > 1
     if sharded:
         shard_frozen(model)  # the first task shards; later ones check that what trains is whole
         check_replicated(model)
+    if config.gradient_checkpointing:
+        enable_checkpointing(model)
     groups = float32_groups(param_groups(model, method, config))
     tunable = tunable_count(model)  # what this task trains
     generator = torch.Generator().manual_seed(config.seed * 1000 + task.index)
     mixed = [*examples, *replay] if replay else examples
-    loader = DataLoader(mixed, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
-    updates = config.steps(len(mixed))
+    loader = DataLoader(mixed, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator,
+                        num_workers=config.num_workers, pin_memory=accelerator.device.type == "cuda")  # fmt: skip
+    updates = config.steps(len(mixed), accelerator.num_processes)
     optimizer = make_optimizer(groups, config.weight_decay)
     hold_frozen(model, optimizer)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
+    scheduler = warmup_cosine(optimizer, config.warmup_ratio, updates)
     if accelerator.distributed_type == DistributedType.NO or sharded:  # no wrapper: one process, or sharding.py
         wrapped = model
-        optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
+        optimizer, loader = accelerator.prepare(optimizer, loader)
     else:  # DDP, or DeepSpeed ZeRO-2 from `accelerate launch --config_file ...`: model and optimizer together
-        wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.gradient_accumulation_steps = config.grad_accum
+    accelerator.step = 0  # a task starts a fresh accumulation
     task_ids = method.train_task_ids(task)
     # Clip the model's gradients only: they are the ones DDP keeps equal on every process.
     trainable = [p for p in model.parameters() if p.requires_grad]
+    step, skip, last = 0, 0, {}
+    if resumed is not None:
+        optimizer.load_state_dict(resumed.optimizer)
+        scheduler.load_state_dict(resumed.scheduler)
+        generator.set_state(resumed.sampler)
+        step, skip, last = resumed.step, resumed.batches, resumed.last
+        set_rng_state(resumed.rng)
     model.train()
-    step, start, last = 0, time.perf_counter(), {}
+    start = time.perf_counter()
     while step < updates:
-        for batch in loader:
-            with accelerator.accumulate(wrapped):
+        epoch_start, seen = generator.get_state(), skip  # the generator draws the epoch's order from here
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            seen, skip = seen + 1, 0
+            # The routing context stays open through backward: gradient checkpointing replays the forward there.
+            with accelerator.accumulate(wrapped), routed(wrapped, batch, task_ids):
                 ctx = StepContext(task, batch)
-                ctx.outputs = forward(wrapped, batch, task_ids, accelerator)
+                with accelerator.autocast():
+                    ctx.outputs = wrapped(**model_inputs(batch))
                 ctx.add_loss("task", ctx.outputs.loss)
                 method.extra_loss(model, ctx)
                 loss = sum(ctx.losses.values())
@@ -228,20 +356,25 @@ def train_task(
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]  # the adapters' lr for this step (a float: no sync)
-                optimizer.step()
-                scheduler.step()
+                optimizer.step()  # a no-op until the accumulation syncs
                 optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                step += 1
-                if step % LOSS_EVERY == 0 or step == updates:  # .item() waits for the device: not every step
-                    last = {name: value.item() for name, value in ctx.losses.items()}
-                    check_finite(last, method, task, step)
-                    if on_log is not None:
-                        on_log({"step": step, "lr": lr, **_prefixed(last)})
-                if on_step is not None:
-                    on_step(step, updates, last)
-                if step >= updates:
-                    break
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            if step % LOSS_EVERY == 0 or step == updates:  # .item() waits for the device: not every step
+                last = {name: value.item() for name, value in ctx.losses.items()}
+                check_finite(last, method, task, step)
+                if on_log is not None:
+                    on_log({"step": step, "lr": lr, **_prefixed(last)})
+            if on_step is not None:
+                on_step(step, updates, last)
+            if step >= updates:
+                break
+            if save is not None and config.save_every and step % config.save_every == 0:
+                state = LoopState(step, seen, epoch_start, optimizer.state_dict(), scheduler.state_dict(),
+                                  rng_state(), last)  # fmt: skip
+                save(state)
     check_finite_parameters(trainable, method, task, step)  # the last update may have overflowed
     model.eval()
     runner = TaskRunner(examples, collate, task_ids, accelerator, config.batch_size)

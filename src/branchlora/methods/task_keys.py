@@ -102,10 +102,19 @@ class TaskKeys:
         return torch.stack(self.key_img).to(device), torch.stack(self.key_txt).to(device)  # (T, d) each
 
     def state_dict(self) -> dict:
-        return {"key_img": [k.cpu() for k in self.key_img], "key_txt": [k.cpu() for k in self.key_txt]}
+        """The learned tasks' keys and, inside a task (train.save_every), the keys being trained."""
+        state = {"key_img": [k.cpu() for k in self.key_img], "key_txt": [k.cpu() for k in self.key_txt]}
+        if self._new is not None and not self._unset:
+            state["training"] = [k.detach().cpu() for k in self._new]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.key_img, self.key_txt = list(state["key_img"]), list(state["key_txt"])
+        if "training" in state and self._new is not None:  # resumed inside the task `start` began
+            with torch.no_grad():
+                for key, value in zip(self._new, state["training"], strict=True):
+                    key.copy_(value)
+            self._unset = False
 
 
 class KeyedMethod(Method):
