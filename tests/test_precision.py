@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from branchlora.adapters import adapter_layers, routing_context
-from branchlora.continual import MethodResult, save_checkpoint
+from branchlora.continual import MethodResult, load_checkpoint, save_checkpoint
 from branchlora.data.benchmark import TrainExample
 from branchlora.data.collate import Collator
 from branchlora.inference import load_trained, predict
@@ -92,3 +92,15 @@ def test_predict_loads_in_the_runs_precision(half_folder, tmp_path):
     assert (loaded.mixed_precision, frozen, adapters) == ("bf16", {torch.bfloat16}, {torch.float32})
     Image.new("RGB", (20, 12), (0, 0, 200)).save(tmp_path / "b.png")
     assert isinstance(predict(loaded, tmp_path / "b.png", "What is it?", "t", max_new_tokens=2)["answer"], str)
+
+
+def test_a_resumed_bf16_run_gets_its_float32_projector_back_unrounded(half_folder, tmp_path):
+    model, _, method, _ = setup(half_folder, "bf16")
+    with torch.no_grad():
+        projector(model).linear_1.weight.fill_(0.02 + 2e-5)  # not a bfloat16 number
+    folder = save_checkpoint(tmp_path / "lora", 0, model, method, MethodResult(), {})
+    fresh, _, again, _ = setup(half_folder, "bf16")
+    fresh_weight = projector(fresh).linear_1.weight
+    fresh_weight.data = fresh_weight.data.bfloat16()  # as a base loads before the task's float32 upcast
+    load_checkpoint(folder, fresh, again)
+    assert fresh_weight.dtype == torch.float32 and torch.equal(fresh_weight, projector(model).linear_1.weight)

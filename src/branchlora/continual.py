@@ -356,6 +356,9 @@ def load_checkpoint(folder: Path, model: nn.Module, method: Method, result: Meth
         saved = read_tensors(path)
         check_tensors(path, saved, proj.state_dict())
         device = next(proj.parameters()).device
+        for name, param in proj.named_parameters():  # a trained projector is float32 beside a bf16 base (see
+            if saved[name].dtype == torch.float32 and param.dtype != torch.float32:  # train.float32_groups):
+                param.data = param.data.float()  # loading it into bf16 would round the resumed run away
         proj.load_state_dict({k: v.to(device) for k, v in saved.items()})
     path = folder / "method.pt"
     extra = read_torch(path)
