@@ -58,9 +58,6 @@ def accepted(args: list[str], cache: Path) -> str:
         (["--seeds", "0,x"], ["--seeds", "'0,x'"]),
         (["--device", "tpu"], ["device", "'tpu'", "auto, cpu, cuda"]),
         (["--set", "train.mixed_precision=fp16"], ["train.mixed_precision", "'fp16'", "no, bf16"]),
-        (["--out", ""], ["--out is empty"]),
-        (["--methods", " , "], ["--methods ' , ' names nothing"]),
-        (["--benchmark", " "], ["--benchmark is empty"]),
         (["--orders", "scienceqa,scienceqa"], ["orders[0]", "scienceqa given more than once"]),
         (["--methods", "lora,dora"], ["unknown method 'dora'", "valid methods:"]),
         (["--set", "train.lrr=1"], ["train: unknown key(s) ['lrr']", "did you mean 'lr'"]),
@@ -73,6 +70,15 @@ def accepted(args: list[str], cache: Path) -> str:
 )
 def test_bad_values(args, needles, cache, tmp_path):
     refused([*args, "--out", str(tmp_path / "out")], cache, *needles)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--out", ""], "--out is empty"), (["--methods", " , "], "--methods ' , ' names nothing"),
+     (["--benchmark", " "], "--benchmark is empty")],
+)  # fmt: skip
+def test_an_empty_flag_is_refused_not_replaced_by_the_default(args, needle, cache):
+    refused([*args, "--dry-run"], cache, needle)
 
 
 def test_exponent_floats_are_accepted_and_null_resets_without_a_traceback(cache, tmp_path):
@@ -169,9 +175,19 @@ def test_resume_with_another_lr_is_refused_listing_what_differs(cache, tmp_path)
     text = refused([*args, "--resume", "--set", "train.lr=1e-2"], cache, "--resume", "train.lr: 0.003 -> 0.01")
     assert "train.seed" not in text and "benchmark_files" not in text  # only what differs is listed
     refused([*args, "--resume", "--orders", "textvqa,scienceqa"], cache, "tasks")
-    train = bench.task("textvqa").train
-    train.write_text(train.read_text().replace('"gpt", "value": "', '"gpt", "value": "x', 1))  # edited in place
-    refused([*args, "--resume"], cache, "--resume", f"benchmark_files.{train.resolve()}")
+
+
+def test_resume_with_a_benchmark_file_edited_in_place_is_refused_naming_it(cache, tmp_path):
+    (tmp_path / "data").mkdir()
+    bench = one_task_benchmark(tmp_path / "data")
+    args = ["--benchmark", str(bench), "--methods", "lora", "--out", str(tmp_path / "out")]
+    config = load_config("quick", None, [(("benchmark",), str(bench)), (("methods",), ["lora"])])
+    identity = run_identity(to_dict(config), "lora", 0, ["t"], content_hashes(load_benchmark(bench, check_images=False)))
+    (tmp_path / "out" / "lora" / "task-00").mkdir(parents=True)
+    (tmp_path / "out" / "lora" / "task-00" / "state.json").write_text(json.dumps({"run": identity}))
+    train = tmp_path / "data" / "train.json"
+    train.write_text(train.read_text().replace('"A"', '"B"'))  # the same path, other content
+    refused([*args, "--resume", "--dry-run"], cache, "--resume", f"benchmark_files.{train.resolve()}")
 
 
 def test_an_out_holding_the_benchmark_is_refused_and_nothing_is_deleted(cache, tmp_path):
@@ -180,7 +196,7 @@ def test_an_out_holding_the_benchmark_is_refused_and_nothing_is_deleted(cache, t
     for flag in ([], ["--resume"], ["--overwrite"]):
         refused(["--benchmark", str(bench), "--out", str(tmp_path), *flag], cache, "holds no branchlora run"
                 if flag else "is not empty")  # fmt: skip
-    refused(["--benchmark", str(bench), "--out", str(tmp_path / "runs" / ".."), "--dry-run"], cache, "is not empty")
+    refused(["--benchmark", str(bench), "--out", str(tmp_path / "runs" / ".."), "--dry-run"], cache, "holds the benchmark")
     (tmp_path / "results.json").write_text("{}")  # an older version's run written among the data files
     for flag in ("--resume", "--overwrite"):
         refused(["--benchmark", str(bench), "--out", str(tmp_path), flag], cache, "holds the benchmark file")
