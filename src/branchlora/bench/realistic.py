@@ -157,11 +157,12 @@ def run_stream(config, method_name: str, bench_path: Path, steps: int, items: in
     timer.seconds.clear()
     t0 = time.perf_counter()
     evaluation = EvalConfig(batch_size=items, max_new_tokens=new_tokens, limit=items)
-    row, _ = evaluate_all(model, method, data, evaluation, accelerator)
+    scores = evaluate_all(model, method, data, evaluation, accelerator)
     eval_seconds = time.perf_counter() - t0
-    result["eval_per_task"] = {k: v / len(row) for k, v in step_split(dict(timer.seconds), eval_seconds).items()}
+    result["eval_per_task"] = {k: v / len(scores) for k, v in step_split(dict(timer.seconds), eval_seconds).items()}
     result["eval_peak_bytes"] = peak_rss_bytes() - before
-    result["scores"] = dict(zip(data.names, row, strict=True))
+    result["scores"] = {name: s.score for name, s in scores.items()}
+    result["predictions"] = {name: s.predictions for name, s in scores.items()}
     folder = save_checkpoint(out, len(data.names) - 1, model, method, MethodResult(), {})
     result["checkpoint_bytes"] = {f: (folder / f).stat().st_size for f in FILES if (folder / f).exists()}
     result["seq_len"] = max(lengths)
