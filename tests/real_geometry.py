@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 import transformers as T
-from PIL import Image
 
+from branchlora.bench import realistic
 from branchlora.models.loading import image_only
 from family_support import INTERNVL_TEMPLATE, INTERNVL_TOKENS, KINDS, MROPE, QWEN_TEMPLATE, QWEN_TOKENS, TEXT, VISION
 
@@ -159,28 +159,4 @@ def build_family_folder(kind: str, out: Path) -> Path:
     return Path(out)
 
 
-PHOTOS = ((500, 375), (1024, 768))  # a COCO-sized photo and a larger one, landscape 4:3 (width, height)
-STREAM = (("color", "What colour is the picture?", ("red", "blue")), ("shape", "Is it wide or tall?", ("wide", "tall")))
-
-
-def write_photo_stream(root: Path, per_task: int = 2) -> Path:
-    """A two-task benchmark in CoIN's file formats over photo-sized JPEGs (alternating 500x375 and 1024x768):
-    `per_task` train and test items a task.  Returns its YAML file."""
-    tasks = []
-    for name, question, answers in STREAM:
-        items = []
-        for i in range(per_task):
-            answer, size = answers[i % 2], PHOTOS[i % 2]
-            image = f"{name}-{i}.jpg"
-            Image.new("RGB", size, (200, 40, 40) if i % 2 == 0 else (40, 40, 200)).save(root / image)
-            items.append((f"{name}-{i}", image, answer))
-        train = [{"id": k, "image": im, "conversations": [{"from": "human", "value": f"<image>\n{question}"},
-                  {"from": "gpt", "value": a}]} for k, im, a in items]  # fmt: skip
-        test = [{"question_id": k, "image": im, "text": question, "answer": a} for k, im, a in items]
-        (root / f"{name}-train.json").write_text(json.dumps(train))
-        (root / f"{name}-test.json").write_text(json.dumps(test))
-        files = {"train": f"{name}-train.json", "test": f"{name}-test.json"}
-        tasks.append({"name": name, **files, "metric": "exact_match"})
-    path = root / "photos.yaml"
-    path.write_text(json.dumps({"name": "photos", "image_root": str(root), "tasks": tasks}))
-    return path
+PHOTOS, write_photo_stream = realistic.PHOTOS, realistic.write_photo_stream  # the benchmark's own writer

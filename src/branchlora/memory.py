@@ -18,12 +18,17 @@ each saying which tensors it stands for.  Assumptions, shared by every term:
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from branchlora.adapters import AdapterLayer, adapter_layers
+from branchlora.adapters.io import _adapter_state
 from branchlora.methods.base import Method, Task
+from branchlora.models.family import require_family
 from branchlora.models.parts import projector
 from branchlora.params import meta_method
 from branchlora.train import PRECISIONS
@@ -221,9 +226,14 @@ def model_widths(model: nn.Module) -> Widths:
 def at_last_task(model_spec: str, method_name: str, tasks: int, adapter: dict | None, options: dict | None):
     """(model, method) on the meta device as the method leaves them when the last of `tasks` tasks starts."""
     model, method = meta_method(model_spec, method_name, adapter, options)
+    start_tasks(model, method, tasks)
+    return model, method
+
+
+def start_tasks(model: nn.Module, method: Method, tasks: int) -> None:
+    """Replay the starts of tasks 2..`tasks` on a meta model set up at task 1 (no data: no task-end hook runs)."""
     for t in range(1, tasks):
         method.on_task_start(model, Task(t, f"task-{t + 1}"))
-    return model, method
 
 
 def method_extras(method: Method, model: nn.Module, layers: list[AdapterLayer], n_trainable: int, s: Setting):
@@ -352,3 +362,108 @@ def _layer_index(name: str) -> int | None:
 def _first_layer(named: list[tuple[str, AdapterLayer]]) -> int | None:
     indices = [i for i in (_layer_index(n) for n, _ in named) if i is not None]
     return min(indices) if indices else None
+
+
+# ---- checkpoint files --------------------------------------------------------------------------------------------
+
+# safetensors' dtype names in its writer's order: it lays tensors out by dtype, the last of these first, then by name.
+SAFETENSORS_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.float16: "F16",
+                      torch.bfloat16: "BF16", torch.int32: "I32", torch.float32: "F32", torch.float64: "F64",
+                      torch.int64: "I64"}  # fmt: skip
+# torch.save's zip archive (torch 2.x, measured, the file named method.pt): an empty dict's file, each tensor's data
+# aligned to 64 bytes plus its two zip records and its pickle, each string key, each list of ints (CL-MoE's top).
+TORCH_SAVE_EMPTY, TORCH_SAVE_ALIGN, TORCH_SAVE_PER_TENSOR, TORCH_SAVE_PER_KEY = 1255, 64, 196, 10
+PICKLED_LIST, PICKLED_INT = 6, 3
+Shapes = dict[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+def safetensors_bytes(tensors: Shapes) -> int:
+    """The exact size of a safetensors file of these tensors: 8 bytes giving the header's length, the JSON header
+    (the tensors in the writer's order, with offsets; padded with spaces to a multiple of 8), then the data."""
+    rank = {dtype: i for i, dtype in enumerate(SAFETENSORS_DTYPES)}
+    header, offset = {}, 0
+    for name in sorted(tensors, key=lambda n: (-rank[tensors[n][0]], n)):
+        dtype, shape = tensors[name]
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}  # fmt: skip
+        offset += size
+    text = len(json.dumps(header, separators=(",", ":")))
+    return 8 + math.ceil(text / 8) * 8 + offset
+
+
+def torch_save_bytes(tensor_bytes: list[int], keys: list[str] = (), int_lists: list[int] = ()) -> int:
+    """The size of torch.save of a dict holding tensors of these sizes (bytes each), these string keys (each
+    pickled once) and lists of ints (their lengths), to within a few bytes per tensor (the constants above)."""
+    data = sum(math.ceil(b / TORCH_SAVE_ALIGN) * TORCH_SAVE_ALIGN + TORCH_SAVE_PER_TENSOR for b in tensor_bytes)
+    return (TORCH_SAVE_EMPTY + data + sum(len(k) + TORCH_SAVE_PER_KEY for k in keys)
+            + sum(PICKLED_LIST + PICKLED_INT * n for n in int_lists))  # fmt: skip
+
+
+def method_state_sizes(method: Method, model: nn.Module, tasks: int) -> tuple[list[int], list[str], list[int]]:
+    """(tensor bytes, string keys, int-list lengths) of `method.state_dict()` after `tasks` tasks, from
+    methods/*.py: EWC an fp32 anchor and Fisher per trainable tensor and task (one pair when online), keyed by
+    parameter name; SEFE per wrapped Linear the union of each task's top p flat indices (int32, int64 beyond
+    2^31 entries; tasks assumed not to overlap); keyed methods an fp32 image and text key per task; ProgLoRA its
+    allocator and an fp32 prototype per task; CL-MoE its top experts per task and layer."""
+    sizes: list[int] = []
+    keys: list[str] = []
+    int_lists: list[int] = []
+    name = method.name
+    if name.startswith("ewc"):
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        terms = 1 if method.options.mode == "online" else tasks
+        sizes += [p.numel() * FP32 for p in params.values()] * 2 * terms
+        keys += list(params) * terms  # each term's dicts pickle the names again
+    if name.startswith("sefe"):
+        for layer_name, layer in adapter_layers(model):
+            numel = layer.in_features * layer.out_features
+            kept = min(numel, tasks * max(1, int(method.options.top_fraction * numel)))
+            sizes.append(kept * (INDEX if numel > torch.iinfo(torch.int32).max else FP32))  # int32: 4 bytes
+            keys.append(layer_name)
+    if getattr(method, "keys", None) is not None:
+        widths = (require_family(model).vision_width(model), model.get_input_embeddings().embedding_dim)
+        sizes += [width * FP32 for width in widths for _ in range(tasks)]
+    allocator = getattr(method, "allocator", None)
+    if allocator is not None:
+        state = allocator.state_dict()
+        sizes += [v.numel() * v.element_size() for v in state.values()]
+        sizes += [model.get_input_embeddings().embedding_dim * FP32] * tasks
+        keys += list(state)
+    if name.startswith("clmoe"):
+        int_lists += [method.options.top_experts] * tasks * sum(1 for _ in adapter_layers(model))
+    return sizes, keys, int_lists
+
+
+def checkpoint_file_bytes(
+    model_spec: str,
+    method_name: str,
+    tasks: int,
+    precision: str = "bf16",
+    adapter: dict | None = None,
+    options: dict | None = None,
+) -> dict[str, int]:
+    """Bytes of the stage checkpoint continual.save_checkpoint writes after `tasks` tasks: {"adapters.safetensors",
+    "projector.safetensors", "method.pt", "total"} (adapters.json and state.json, a few kB, not counted).
+
+    Shapes from the meta-device setup replayed to the last task (grown blocks, branches, routers); dtypes as they
+    are saved: every adapter tensor in fp32 (adapters/base.py), projector tensors that train at task 1 in fp32
+    (train.float32_groups), the frozen rest of the projector in the run precision."""
+    model, method = meta_method(model_spec, method_name, adapter, options)
+    trains = {id(p) for p in model.parameters() if p.requires_grad}
+    start_tasks(model, method, tasks)
+    adapters = {f"{name}.{key}": (v.dtype, tuple(v.shape)) for name, layer in adapter_layers(model)
+                for key, v in _adapter_state(layer).items()}  # fmt: skip
+    adapter_ids = {id(p) for _, layer in adapter_layers(model) for p in layer.adapter_parameters().values()}
+    frozen = torch.bfloat16 if precision == "bf16" else torch.float32
+    proj = projector(model)
+    kept = {id(p) for p in proj.parameters() if id(p) in trains or id(p) in adapter_ids} if proj is not None else set()
+    state = proj.state_dict(keep_vars=True) if proj is not None else {}
+    projected = {k: (v.dtype if id(v) in kept or not v.is_floating_point() else frozen, tuple(v.shape))
+                 for k, v in state.items()}  # fmt: skip
+    sizes = {
+        "adapters.safetensors": safetensors_bytes(adapters),
+        "projector.safetensors": safetensors_bytes(projected) if proj is not None else 0,
+        "method.pt": torch_save_bytes(*method_state_sizes(method, model, tasks)),
+    }
+    return {**sizes, "total": sum(sizes.values())}

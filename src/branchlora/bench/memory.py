@@ -21,6 +21,7 @@ import resource
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -79,6 +80,31 @@ class PartTimer:
         module.register_forward_pre_hook(begin)
         module.register_forward_hook(end)
 
+    def wrap(self, fn: Callable, part: str) -> Callable:
+        """`fn` with its wall time added to `part` on every call (a collate function, the backward)."""
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - start
+
+        return timed
+
+    def watch_llava(self, model: nn.Module) -> None:
+        """Time a LLaVA's vision tower, decoder layers, lm_head and adapter layers (the adapters' own time is
+        adapter_layers - adapter_base_linears)."""
+        from branchlora.adapters import adapter_layers
+
+        self.watch(model.model.vision_tower, "vision_tower")
+        for layer in model.model.language_model.layers:
+            self.watch(layer, "decoder_layers")
+        for _, layer in adapter_layers(model):
+            self.watch(layer, "adapter_layers")  # its base Linear counts here too
+            self.watch(layer.base_layer, "adapter_base_linears")
+        self.watch(model.lm_head, "lm_head")
+
 
 def random_batch(config, batch: int, seq_len: int, image_tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random text ids after `image_tokens` image placeholders, the image as random pixels; labels = ids."""
@@ -113,7 +139,6 @@ def steps_on(config, method_name: str, batch: int, seq_len: int, steps: int) -> 
     """Build a random model of `config`, set the method up, run steps + 1 training steps; seconds by part."""
     from transformers import LlavaForConditionalGeneration
 
-    from branchlora.adapters import adapter_layers
     from branchlora.methods import Task, get_method
     from branchlora.methods.base import StepContext
     from branchlora.train import TrainConfig, forward, make_optimizer, param_groups
@@ -127,12 +152,7 @@ def steps_on(config, method_name: str, batch: int, seq_len: int, steps: int) -> 
     optimizer = make_optimizer(param_groups(model, method, TrainConfig()), 0.0)
     accelerator = Accelerator(cpu=True)
     timer = PartTimer()
-    timer.watch(model.model.vision_tower, "vision_tower")
-    for layer in model.model.language_model.layers:
-        timer.watch(layer, "decoder_layers")
-    for _, layer in adapter_layers(model):
-        timer.watch(layer, "adapter_layers")  # the base Linear inside counts here too: subtracted below
-        timer.watch(layer.base_layer, "adapter_base_linears")
+    timer.watch_llava(model)
     image_tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
     model.train()
     totals, per_step = defaultdict(float), []
