@@ -241,8 +241,9 @@ def model_card(state: dict, loaded: Loaded, task: str | None, fmt: str) -> str:
                   f"| {' | '.join(stream)} |", f"|{'---|' * len(stream)}", f"| {' | '.join(row)} |", ""]  # fmt: skip
     if state.get("config"):
         lines += [f"Trained with `branchlora run --config {RUN_CONFIG}` (the run's configuration, in this folder).", ""]
-    load = ("AutoModelForImageTextToText.from_pretrained(FOLDER)" if fmt == "hf"
-            else f"PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained({base!r}), FOLDER)")  # fmt: skip
+    load = "AutoModelForImageTextToText.from_pretrained(FOLDER)"
+    if fmt == "peft":
+        load = f"PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained({base!r}), FOLDER)"
     lines += ["Load it with transformers" + (" and PEFT" if fmt == "peft" else "") + f": `{load}`; answer greedily "
               f"(do_sample=False) as the generation config says.", ""]  # fmt: skip
     return "\n".join(lines)
