@@ -40,6 +40,7 @@ from branchlora.adapters import adapter_layers, unwrap
 from branchlora.adapters.base import AdapterLayer
 from branchlora.adapters.merged import record_routes
 from branchlora.atomic import atomic_dir
+from branchlora.batch import model_inputs
 from branchlora.continual import WEIGHTS, latest_checkpoint, read_state
 from branchlora.data.benchmark import TestExample
 from branchlora.inference import Loaded, _task_index, load_trained, resolve_checkpoint
@@ -141,8 +142,7 @@ def example_batch(loaded: Loaded, folder: Path) -> dict[str, torch.Tensor]:
         path = folder / f"example-{i}.png"
         Image.new("RGB", (64, 64), colour).save(path)
         examples.append(TestExample(f"example-{i}", path, prompt, ""))
-    batch = loaded.collator.prompt_batch(examples)
-    return {k: v for k, v in batch.items() if k != "labels"}
+    return model_inputs(loaded.collator.prompt_batch(examples))
 
 
 def served_task(loaded: Loaded, task: str | None, example: dict[str, torch.Tensor]) -> int | None:
