@@ -131,6 +131,8 @@ def as_run(command: str, world: dict, tmp_path: Path) -> list[str]:
             args += [] if torch.cuda.is_available() else ["--device", "cpu"]
     if args[0] == "evaluate":
         args += ["--limit", "1"]
+    if args[0] == "export":  # into a fresh folder
+        args[args.index("--out") + 1] = str(tmp_path / "export")
     if args[0] == "pretrain":  # the micro schedule, into a fresh folder
         args = ["pretrain", "--quick", "--out", str(tmp_path / "base")]
     return args

@@ -38,12 +38,10 @@ def _check_mergeable(layers: dict[str, nn.Module]) -> None:
 
 
 @torch.no_grad()
-def merge_task(model: nn.Module, task_id: int, example_inputs: dict[str, torch.Tensor]) -> MergedTask:
-    """Fold task `task_id`'s routed update into a copy of each W0 and swap it in; see module doc.
-
-    example_inputs: keyword inputs of one forward (e.g. input_ids, attention_mask, pixel_values);
-    their first tokens fix the routing, which must agree across the batch.
-    """
+def record_routes(model: nn.Module, task_id: int, example_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each BranchLoRA layer's (N,) gates for task `task_id`, recorded on one forward of `example_inputs`
+    (keyword inputs, e.g. input_ids, attention_mask, pixel_values); their first tokens fix the routing,
+    which must agree across the batch."""
     layers = dict(adapter_layers(model))
     if not layers:
         raise ValueError("the model holds no adapter layers to merge")
@@ -57,15 +55,24 @@ def merge_task(model: nn.Module, task_id: int, example_inputs: dict[str, torch.T
             routes = {name: layer._cached_route for name, layer in layers.items()}
     finally:
         model.train(was_training)
-    for name, gates in routes.items():  # (B, N) each; check all before swapping any
+    for name, gates in routes.items():  # (B, N) each; check all before anyone uses one
         if not torch.allclose(gates, gates[:1].expand_as(gates)):
             raise ValueError(f"{name}: the example inputs route differently (their first tokens differ)")
+    return {name: gates[0] for name, gates in routes.items()}
+
+
+@torch.no_grad()
+def merge_task(model: nn.Module, task_id: int, example_inputs: dict[str, torch.Tensor]) -> MergedTask:
+    """Fold task `task_id`'s routed update into a copy of each W0 and swap it in; see module doc and
+    `record_routes` for `example_inputs`."""
+    routes = record_routes(model, task_id, example_inputs)
+    layers = dict(adapter_layers(model))
     handle = MergedTask(task_id)
     for name, layer in layers.items():
         base = layer.base_layer
         merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
         merged = merged.to(device=base.weight.device, dtype=base.weight.dtype).requires_grad_(False)
-        merged.weight.copy_(base.weight + layer.routed_delta_weight(routes[name][0]).to(base.weight.dtype))
+        merged.weight.copy_(base.weight + layer.routed_delta_weight(routes[name]).to(base.weight.dtype))
         if base.bias is not None:
             merged.bias.copy_(base.bias)
         _set_submodule(model, name, merged)

@@ -2,7 +2,7 @@
 
 import typer
 
-from branchlora.cli import bench, evaluate, params, predict, pretrain, run
+from branchlora.cli import bench, evaluate, export, params, predict, pretrain, run
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,3 +16,4 @@ app.command("run")(run.run)
 app.command("predict")(predict.predict)
 app.command("pretrain")(pretrain.pretrain)
 app.command("evaluate")(evaluate.evaluate)
+app.command("export")(export.export)
