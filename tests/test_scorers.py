@@ -118,7 +118,8 @@ def test_unknown_metric_names_known_ones():
     with pytest.raises(KeyError, match="option_letter"):
         score("bleu", "x", ex("x"))
     assert set(SCORERS) == {"option_letter", "vqa_soft", "contains", "contains_cased", "exact_match", "gqa_match",
-                            "upper_match", "ocrvqa_match", "bbox_iou"}  # fmt: skip
+                            "upper_match", "ocrvqa_match", "bbox_iou", "ai2d_match", "pvqa_contains", "sci_match",
+                            "finvis_match", "ocrbench", "cvbench", "mathvista_rule", "mmtbench_server"}  # fmt: skip
 
 
 # An independent reference of EvalAI's published answer processor and TextVQA accuracy (m4c_evaluator),

@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -55,6 +55,7 @@ class StreamData:
     train: list[list]
     test: list[list]
     collator: object
+    budgets: list[int | None] = field(default_factory=list)  # per task max_new_tokens (None or empty: eval's)
 
 
 @dataclass
@@ -120,11 +121,13 @@ def evaluate_all(
     learned the index after the last (the methods serve it with the newest router).  `method` None: the
     model as it is, before any method wraps it."""
     learned = data.names if learned is None else learned
+    budgets = data.budgets or [None] * len(data.names)
     scores = {}
-    for name, metric, test in zip(data.names, data.metrics, data.test, strict=True):
+    for name, metric, test, budget in zip(data.names, data.metrics, data.test, budgets, strict=True):
         if only is None or name in only:
             task = Task(learned.index(name) if name in learned else len(learned), name)
-            scores[name] = evaluate_task(model, method, task, test, metric, data.collator, config, accelerator)
+            own = replace(config, max_new_tokens=budget) if budget else config
+            scores[name] = evaluate_task(model, method, task, test, metric, data.collator, own, accelerator)
     return scores
 
 
@@ -148,10 +151,16 @@ def score_base(
 
 
 def write_predictions(out_dir: Path, stage: int, scores: dict[str, TaskScore], routers: list[str]) -> None:
-    """<out_dir>/predictions/stage-XX/<task>.jsonl, each written whole (atomically); main process only."""
+    """<out_dir>/predictions/stage-XX/<task>.jsonl, each written whole (atomically); main process only.
+
+    A task whose metric has parts or no offline score also gets <task>.score.json: {score, details, note}."""
     for name, result in scores.items():
-        with atomic_path(out_dir / "predictions" / f"stage-{stage:02d}" / f"{name}.jsonl") as tmp:
+        folder = out_dir / "predictions" / f"stage-{stage:02d}"
+        with atomic_path(folder / f"{name}.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in prediction_records(result, routers)))
+        if result.details or result.note:
+            write_json(folder / f"{name}.score.json", {"score": result.score, "details": result.details,
+                                                       "note": result.note})  # fmt: skip
 
 
 def run_method(

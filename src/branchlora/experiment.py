@@ -23,6 +23,7 @@ from branchlora.continual import StreamData, require_same_run, run_method
 from branchlora.data.benchmark import Benchmark, load_benchmark
 from branchlora.data.collate import Collator
 from branchlora.data.lengths import longest_sequences
+from branchlora.evaluation.scorers import OFFLINE
 from branchlora.methods import Task, get_method
 from branchlora.models.loading import base_info, load_base_from, load_processor, make_collator, run_dtype
 from branchlora.models.tiny import TinyConfig, build_model
@@ -42,6 +43,7 @@ def stream(bench: Benchmark, order: list[str], collator: Collator) -> StreamData
         train=[bench.train_examples(s.name) for s in specs],
         test=[bench.test_examples(s.name) for s in specs],
         collator=collator,
+        budgets=[s.max_new_tokens for s in specs],
     )
 
 
@@ -187,7 +189,8 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
     base_summary = {"name": info["name"], "pretrain_seconds": info.get("pretrain_seconds", 0.0),
                     "caption_loss": info.get("caption_loss")}  # fmt: skip
     outputs = (bench.name, runs, base_summary, settings, versions(), machine(accelerator))
-    return write_outputs(out, *outputs) if main else build_results(*outputs)
+    unscored = {t.name: OFFLINE[t.metric] for t in bench.tasks if t.metric in OFFLINE}  # report.md says so
+    return write_outputs(out, *outputs, unscored=unscored) if main else build_results(*outputs, unscored=unscored)
 
 
 def plan_experiment(

@@ -115,13 +115,15 @@ def evaluate_checkpoint(loaded: Loaded, bench, config: EvalConfig) -> dict:
     cannot count for the selector: they are listed under "not_learned"."""
     names = bench.task_names
     data = StreamData(names, [bench.task(n).metric for n in names], [[] for _ in names],
-                      [bench.test_examples(n) for n in names], loaded.collator)  # fmt: skip
+                      [bench.test_examples(n) for n in names], loaded.collator,
+                      [bench.task(n).max_new_tokens for n in names])  # fmt: skip
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=loaded.mixed_precision)
     loaded.model.to(accelerator.device)
     scored = evaluate_all(loaded.model, loaded.method, data, config, accelerator, learned=loaded.tasks)
     row, chosen = [s.score for s in scored.values()], [s.chosen for s in scored.values()]
-    scores = dict(zip(names, (round(x, 2) for x in row), strict=True))
-    out = {"checkpoint": str(loaded.folder), "scores": scores, "mean": round(sum(row) / len(row), 2)}
+    scores = dict(zip(names, (None if x is None else round(x, 2) for x in row), strict=True))
+    mean = None if None in row else round(sum(row) / len(row), 2)  # None: a task not scorable offline
+    out = {"checkpoint": str(loaded.folder), "scores": scores, "mean": mean}
     if not_learned := [name for name in names if name not in loaded.tasks]:
         out["not_learned"] = not_learned
     routed = [(name, loaded.tasks[j]) for name, c in zip(names, chosen, strict=True) if name in loaded.tasks for j in c]

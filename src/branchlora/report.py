@@ -32,23 +32,41 @@ def _stat(fn, values: list[float | None]) -> float | None:
     return None if None in values else round(fn(values), 4)
 
 
-def build_results(bench: str, runs: list[dict], base: dict, config: dict, versions: dict, machine: dict) -> dict:
+def build_results(
+    bench: str,
+    runs: list[dict],
+    base: dict,
+    config: dict,
+    versions: dict,
+    machine: dict,
+    unscored: dict[str, str] | None = None,
+) -> dict:
+    """results.json's content; `unscored`: {task: how its official evaluator scores it} for tasks not scorable
+    offline (their matrix entries are None)."""
     methods = {}
     for name, first in runs[0]["methods"].items():
         methods[name] = dict(first)
         if len(runs) > 1:
             methods[name]["repeats"] = repeats(runs, name)
-    results = {"benchmark": {"name": bench, "tasks": runs[0]["order"]}, "methods": methods, "base": base,
-               "config": config, "versions": versions, "machine": machine}  # fmt: skip
+    benchmark = {"name": bench, "tasks": runs[0]["order"], **({"unscored": unscored} if unscored else {})}
+    results = {"benchmark": benchmark, "methods": methods, "base": base, "config": config, "versions": versions,
+               "machine": machine}  # fmt: skip
     if len(runs) > 1:
         results["runs"] = runs
     return results
 
 
 def write_outputs(
-    out: Path, bench: str, runs: list[dict], base: dict, config: dict, versions: dict, machine: dict
+    out: Path,
+    bench: str,
+    runs: list[dict],
+    base: dict,
+    config: dict,
+    versions: dict,
+    machine: dict,
+    unscored: dict[str, str] | None = None,
 ) -> dict:
-    results = build_results(bench, runs, base, config, versions, machine)
+    results = build_results(bench, runs, base, config, versions, machine, unscored)
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     tasks = results["benchmark"]["tasks"]
@@ -92,7 +110,8 @@ def render_report(results: dict) -> str:
         "Scores are percentages; ACC = mean after the last task, MAA = mean average accuracy, BWT = backward "
         "transfer (negative = forgetting), MFT = score right after learning, FWT = forward transfer, forgetting "
         "= mean over earlier tasks of (best score after any task before the last) - (final score) (Chaudhry et "
-        "al., 2018).",
+        "al., 2018). MCITlib's names: MFN (mean final accuracy, also Last) = ACC; MFT (mean fine-tuned accuracy) "
+        "= MFT; MAA and BWT as here.",
         "",
         "| method | ACC | MAA | BWT | MFT | FWT | forgetting | tunable | selector | train s | eval s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -107,6 +126,10 @@ def render_report(results: dict) -> str:
         lines += ["", "eval.future is off: only the tasks learned so far are scored (CoIN's protocol), so row 0 and "
                   "the matrices' upper triangle are empty (-) and the metrics that need them (FWT, forgetting) "
                   "are n/a."]  # fmt: skip
+    for task, note in results["benchmark"].get("unscored", {}).items():
+        lines += ["", f"{task} is not scored offline: its matrix entries are empty (-) and the metrics that need "
+                  f"them n/a. {note[0].upper()}{note[1:]}; the records are in `<method>/predictions/stage-XX/"
+                  f"{task}.jsonl`."]  # fmt: skip
     lines += ["", "Every stage's answers, one JSON Lines file per task: `<method>/predictions/stage-XX/<task>.jsonl` "
               "(stage 00 = the base, stage t = after task t), records {question_id, prompt, text, answer, score, "
               "router when the method selects}: CoIN's eval scripts read question_id and text."]  # fmt: skip

@@ -24,11 +24,15 @@ import numpy as np
 import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from branchlora.evaluation.scorers import SCORERS
+from branchlora.evaluation.scorers import CORPUS_METRICS, check_metric
 
 BUILTIN = ("minicoin",)
 IMAGE_MARKER = "<image>"
-TASK_FIELDS = ("name", "train", "test", "metric")
+TASK_FIELDS = ("name", "train", "test", "metric", "image_root", "test_image_root", "max_new_tokens", "prompt_suffix",
+               "references")  # fmt: skip
+PATH_FIELDS = ("image_root", "test_image_root", "references")  # resolved against the YAML's folder, like train
+TEST_KEYS = ("question_id", "image", "text", "answer", "answer_bbox", "size")  # the rest is kept in `fields`
+YES_NO = ("Yes", "No")  # MLLM-CL's model_fin.py: a gold answer in this list (that case) gets the yes/no suffix
 BOX_SLACK = 1.0  # pixels
 NORMALISED_SLACK = 0.01  # a normalised box's overhang: two-decimal rounding, and COCO's own by a pixel
 SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees: a viewer swaps width and height
@@ -45,10 +49,17 @@ class BenchmarkError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """One task of a benchmark file. The optional fields carry what the field's benchmarks set per task."""
+
     name: str
     train: Path
     test: Path
     metric: str
+    image_root: Path | None = None  # train and test images of this task (default: the file's image_root)
+    test_image_root: Path | None = None  # test images only (MLLM-ACL keeps them apart: OCR vs OCR_test)
+    max_new_tokens: int | None = None  # this task's generation budget (default: eval.max_new_tokens)
+    prompt_suffix: str | dict[str, str] | None = None  # appended to test instructions: a string, or {yes_no, other}
+    references: Path | None = None  # a COCO-style caption file: item i's references are image_id i + 1's captions
 
 
 @dataclass
@@ -70,6 +81,7 @@ class TestExample:
     answer: str | list[str]  # a list for VQA-style human answers
     box: Box | None = None  # grounding: [x1, y1, x2, y2] normalised to the padded square (`padded_square_box`)
     where: str = ""  # "<file>: item <i>" (and its line in JSON Lines), to name the item in an error
+    fields: dict[str, Any] = field(default_factory=dict)  # the item's other keys (answer_type, type, task, ...)
 
 
 @dataclass
@@ -148,8 +160,9 @@ def parse_benchmark(path: Path, *, check_images: bool = True) -> Benchmark:
         task = parse_task(raw, where, path.parent)
         check(task.name not in bench.task_names, where, "name", f"task {task.name!r} appears twice")
         bench.tasks.append(task)
-        bench._train[task.name] = [parse_train(x, at, image_root, check_images) for at, x in read_items(task.train)]
-        bench._test[task.name] = parse_tests(task, image_root, check_images)
+        train_root = task.image_root or image_root
+        bench._train[task.name] = [parse_train(x, at, train_root, check_images) for at, x in read_items(task.train)]
+        bench._test[task.name] = parse_tests(task, task.test_image_root or train_root, check_images)
     return bench
 
 
@@ -162,16 +175,57 @@ def parse_task(raw: object, where: str, folder: Path) -> TaskSpec:
         raise BenchmarkError(f"{where}: unknown field(s) {unknown}; valid fields: {', '.join(TASK_FIELDS)}")
     name = require(raw, "name", str, where)
     where = f"{where} ({name})"
+    paths = {key: resolve(folder, require(raw, key, str, where)) for key in PATH_FIELDS if key in raw}
     task = TaskSpec(
         name=name,
         train=resolve(folder, require(raw, "train", str, where)),
         test=resolve(folder, require(raw, "test", str, where)),
         metric=require(raw, "metric", str, where),
+        image_root=paths.get("image_root"),
+        test_image_root=paths.get("test_image_root"),
+        max_new_tokens=require_budget(raw, where) if "max_new_tokens" in raw else None,
+        prompt_suffix=require_suffix(raw, where) if "prompt_suffix" in raw else None,
+        references=paths.get("references"),
     )
-    check(task.metric in SCORERS, where, "metric", f"unknown metric {task.metric!r}; known: {', '.join(SCORERS)}")
-    for key in ("train", "test"):
-        check(getattr(task, key).is_file(), where, key, f"no such file {getattr(task, key)}")
+    try:
+        check_metric(task.metric, where)
+    except ValueError as err:  # an unknown metric, or a caption metric without pycocoevalcap or Java
+        raise BenchmarkError(str(err)) from None
+    check(task.metric not in CORPUS_METRICS or task.references is not None, where, "references",
+          f"metric {task.metric!r} needs the COCO-style reference captions file")  # fmt: skip
+    for key in ("train", "test", "references"):
+        check(getattr(task, key) is None or getattr(task, key).is_file(), where, key,
+              f"no such file {getattr(task, key)}")  # fmt: skip
     return task
+
+
+def require_budget(raw: dict, where: str) -> int:
+    """A task's generation budget: a positive integer."""
+    value = require(raw, "max_new_tokens", int, where)
+    check(value > 0, where, "max_new_tokens", f"expected a positive number of tokens, got {value}")
+    return value
+
+
+def require_suffix(raw: dict, where: str) -> str | dict[str, str]:
+    """A prompt suffix: a string, or {yes_no: ..., other: ...} chosen by the gold answer (`suffix_for`)."""
+    value = require(raw, "prompt_suffix", (str, dict), where)
+    rule = (
+        isinstance(value, dict)
+        and set(value) == {"yes_no", "other"}
+        and all(isinstance(v, str) for v in value.values())
+    )
+    check(isinstance(value, str) or rule, where, "prompt_suffix",
+          f"expected a string or {{yes_no: str, other: str}}, got {value!r}")  # fmt: skip
+    return value
+
+
+def suffix_for(suffix: str | dict[str, str] | None, answer: str | list[str]) -> str:
+    """What is appended to a test instruction at inference, as the authors' answer scripts append it (no space
+    is added: MLLM-CL's suffixes start with one). A {yes_no, other} suffix follows MLLM-CL's model_fin.py:
+    `yes_no` when the gold answer is "Yes" or "No" (that case), else `other`."""
+    if suffix is None or isinstance(suffix, str):
+        return suffix or ""
+    return suffix["yes_no"] if answer in YES_NO else suffix["other"]
 
 
 def resolve(folder: Path, path: str) -> Path:
@@ -291,14 +345,41 @@ def require_turn(turns: list, k: int, speaker: str, where: str) -> dict:
 
 
 def parse_tests(task: TaskSpec, image_root: Path, check_images: bool = True) -> list[TestExample]:
-    """A task's test items; question ids must be unique: CoIN's scripts match predictions to items by them."""
+    """A task's test items; question ids must be unique: CoIN's scripts match predictions to items by them.
+
+    With a prompt suffix, each instruction ends with it; with a reference file, item i's answer is the list of
+    its reference captions."""
     examples, seen = [], {}
-    for where, item in read_items(task.test):
+    items = read_items(task.test)
+    captions = read_references(task.references, len(items)) if task.references is not None else None
+    for i, (where, item) in enumerate(items):
         example = parse_test(item, where, image_root, task.metric, check_images)
         first = seen.setdefault(example.question_id, where)
         check(first == where, where, "question_id", f"{example.question_id!r} is also the id of {first}")
+        example.instruction += suffix_for(task.prompt_suffix, example.answer)
+        if captions is not None:
+            example.answer = captions[i]
         examples.append(example)
     return examples
+
+
+def read_references(path: Path, count: int) -> list[list[str]]:
+    """The reference captions of items 0..count-1 from a COCO-style file ({"annotations": [{image_id, caption}]}):
+    UCIT's eval_caption.py gives the i-th prediction image_id i + 1, so item i is scored against those."""
+    data = decode_json(read_text(path), path)
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    check(isinstance(annotations, list), path, "annotations", "expected a COCO caption file with an annotations list")
+    captions: dict[int, list[str]] = {}
+    for k, note in enumerate(annotations):
+        where = f"{path}: annotation {k}"
+        note = require_item(note, where)
+        image_id, caption = require(note, "image_id", int, where), require(note, "caption", str, where)
+        captions.setdefault(image_id, []).append(caption)
+    missing = [i for i in range(1, count + 1) if i not in captions]
+    if missing:
+        raise BenchmarkError(f"{path}: field 'annotations': no captions for image_id {missing[0]} (the test file has "
+                             f"{count} items; {len(missing)} image_id(s) in 1..{count} have none)")  # fmt: skip
+    return [captions[i] for i in range(1, count + 1)]
 
 
 def parse_test(item: object, where: str, image_root: Path, metric: str, check_images: bool = True) -> TestExample:
@@ -314,7 +395,8 @@ def parse_test(item: object, where: str, image_root: Path, metric: str, check_im
     answer = require(item, "answer", (str, list), where)
     check(isinstance(answer, str) or (bool(answer) and all(isinstance(a, str) and a.strip() for a in answer)),
           where, "answer", f"expected a string or a list of non-empty strings, got {answer!r}")  # fmt: skip
-    return TestExample(qid, image, text, answer, where=where)
+    fields = {key: value for key, value in item.items() if key not in TEST_KEYS}
+    return TestExample(qid, image, text, answer, where=where, fields=fields)
 
 
 def require_numbers(item: dict, key: str, names: str, where: str) -> list[float]:

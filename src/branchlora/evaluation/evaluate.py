@@ -11,7 +11,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from statistics import mean
 
 import torch
 from accelerate import Accelerator
@@ -20,7 +19,7 @@ from torch import nn
 
 from branchlora.adapters import routing_context
 from branchlora.batch import model_inputs
-from branchlora.evaluation.scorers import score
+from branchlora.evaluation.scorers import score_task
 from branchlora.methods.base import Method, Task, chosen_tasks
 from branchlora.models.family import sample_rows
 from branchlora.typed import check_fields
@@ -49,11 +48,13 @@ class EvalConfig:
 
 @dataclass
 class TaskScore:
-    score: float  # 0-100: the mean of `scores`
+    score: float | None  # 0-100 as the task's metric scores it (`score_task`); None: not scorable offline
     predictions: list[str]
     chosen: list[int]  # the task router the method chose per sample (empty when it does not choose)
-    scores: list[float] = field(default_factory=list)  # per item, as the metric's scorer gives it (0-1)
+    scores: list[float | None] = field(default_factory=list)  # per item, 0-1 (None: no per-item score)
     examples: list = field(default_factory=list)  # the items scored (eval.limit's subset), in order
+    details: dict[str, float] = field(default_factory=dict)  # the metric's parts (BLEU-1..4, a 2D / 3D split)
+    note: str = ""  # where `score` is None: what scores the task instead
 
 
 def eval_subset(examples: Sequence, limit: int, seed: int = LIMIT_SEED) -> list:
@@ -74,9 +75,10 @@ def evaluate_task(
     config: EvalConfig,
     accelerator: Accelerator,
 ) -> TaskScore:
-    """Generate an answer for each test example and score it with the task's metric.
+    """Generate an answer for each test example and score the task with its metric (`score_task`).
 
-    `method` None scores the model as it is (the base before any method wraps it: no router to choose)."""
+    `method` None scores the model as it is (the base before any method wraps it: no router to choose).
+    `config.max_new_tokens` is this task's budget (continual.evaluate_all applies a task's own)."""
     model.eval()
     examples = eval_subset(examples, config.limit)
     batches = [examples[start : start + config.batch_size] for start in range(0, len(examples), config.batch_size)]
@@ -87,8 +89,8 @@ def evaluate_task(
     answered = gather_object(answered)  # every process's, in process order: the items' order
     predictions = [answer for answer, _ in answered]
     chosen = [c for _, c in answered if c is not None]
-    scores = [score(metric, answer, example) for answer, example in zip(predictions, examples, strict=True)]
-    return TaskScore(100.0 * mean(scores), predictions, chosen, scores, examples)
+    scored = score_task(metric, predictions, examples)
+    return TaskScore(scored.score, predictions, chosen, scored.items, examples, scored.details, scored.note)
 
 
 def _answer(model, method, task, chunk, collator, config, accelerator) -> list[tuple[str, int | None]]:

@@ -1,4 +1,5 @@
-"""The accuracy matrix and its metrics (CoIN's definitions), as pure functions of the matrix.
+"""The accuracy matrix and its metrics (CoIN's definitions; MCITlib's names MFN, MFT, MAA, BWT in the
+docstrings), as pure functions of the matrix.
 
 R[t][i] is the score (0-100) on task i after training task t; row 0 is the model before any task, so R
 has T + 1 rows and T columns.  Indices below are 1-based for tasks, as in the papers.  A score not taken
@@ -31,25 +32,28 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 
 def acc(R: Matrix) -> float | None:
-    """Mean score on all tasks after the last task (also called Last / MFN)."""
+    """Mean score on all tasks after the last task: (1/T) sum_i R[T][i]. MCITlib's MFN (Mean Final
+    accuracy), also called Last."""
     T = _check(R)
     return _mean(R[T])
 
 
 def maa(R: Matrix) -> float | None:
-    """Mean average accuracy: mean over t of the mean score on the tasks learned so far."""
+    """Mean average accuracy (MCITlib's MAA): (1/T) sum_t (1/t) sum_{i<=t} R[t][i], the mean over stages of
+    the mean score on the tasks learned so far; needs only the lower triangle."""
     T = _check(R)
     return _mean(_mean(R[t][:t]) for t in range(1, T + 1))
 
 
 def bwt(R: Matrix) -> float | None:
-    """Backward transfer: mean over i < T of R[T][i] - R[i][i] (negative = forgetting)."""
+    """Backward transfer (MCITlib's BWT): (1/(T-1)) sum_{i<T} R[T][i] - R[i][i] (negative = forgetting)."""
     T = _check(R)
     return _mean(_minus(R[T][i - 1], R[i][i - 1]) for i in range(1, T)) if T > 1 else 0.0
 
 
 def mft(R: Matrix) -> float | None:
-    """Mean fine-tuned accuracy: mean of each task's score right after it was learned."""
+    """Mean fine-tuned accuracy (MCITlib's MFT, Mean Finetune accuracy): (1/T) sum_i R[i][i], each task's
+    score right after it was learned."""
     T = _check(R)
     return _mean(R[i][i - 1] for i in range(1, T + 1))
 

@@ -7,13 +7,26 @@ are the looser, case-insensitive rules the built-in minicoin uses. Everywhere: t
 of surrounding whitespace first (CoIN's model_vqa scripts strip what they write), an empty prediction is
 never correct, and a test item's answer list counts a match with any of its answers. Deliberate
 differences from CoIN's scripts are named in each scorer's docstring.
+
+The field's other benchmarks (research/field-benchmarks.md): UCIT's QA tasks use upper_match (HiDe-LLaVA's
+eval_deepseek_r1.py) and its caption tasks `coco_caption`; MLLM-DCL (bjzhb666/MLLM-CL, eval_*.py) ai2d_match
+(RS, AD), pvqa_contains (Med), sci_match (Sci), finvis_match (Fin); MLLM-ACL ocrbench (OCR), cvbench (VP),
+mathvista_rule (Math, its GPT judge's rule-based prefetch only) and mmtbench_server (APP, not scorable here).
+A task is scored by `score_task`, which every metric fits: a per-item scorer's task score is the mean of its
+items; `coco_caption` scores the task as a whole; a task that needs a judge or a server gets no score (None)
+and keeps its predictions for the official evaluator.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from statistics import mean
 from typing import TYPE_CHECKING
+
+from branchlora.evaluation.captions import caption_scores, require_caption_tools
 
 if TYPE_CHECKING:  # scorers only read fields; no import cycle with the data package
     from branchlora.data.benchmark import TestExample
@@ -221,7 +234,141 @@ def bbox_iou(prediction: str, example: TestExample) -> float:
     return float(pred is not None and example.box is not None and iou(pred, example.box) > 0.5)
 
 
-SCORERS: dict[str, Callable[[str, TestExample], float]] = {
+UNANSWERABLE = "Unanswerable"  # MLLM-CL's scripts count any prediction containing it (that spelling) wrong
+
+
+def ai2d_match(prediction: str, example: TestExample) -> float:
+    """MLLM-DCL's RS and AD rule (MLLM-CL eval_ai2d.py), on lower-cased prediction and answer.
+
+    An answer with a space must appear in the prediction. Otherwise its periods are dropped and, when the
+    prediction has several words, it must appear as a word: preceded by a space or followed by a space, "."
+    or ","; a one-word prediction need only contain it.
+    """
+
+    def rule(pred: str, gt: str) -> bool:
+        pred, gt = pred.lower(), gt.lower()
+        if " " in gt:
+            return gt in pred
+        gt = gt.replace(".", "")
+        if " " in pred:
+            return any(form in pred for form in (" " + gt, gt + " ", gt + ".", gt + ","))
+        return gt in pred
+
+    return _any_answer(prediction, example, lambda p, a: UNANSWERABLE not in p and rule(p, a))
+
+
+def pvqa_contains(prediction: str, example: TestExample) -> float:
+    """MLLM-DCL's Med rule (MLLM-CL eval_pvqa.py): the lower-cased answer inside the lower-cased prediction."""
+    return _any_answer(prediction, example, lambda p, a: UNANSWERABLE not in p and a.lower() in p.lower())
+
+
+SCI_EXACT_SOURCES = ("AI2D", "TQA", "VQA", "SciVerse")  # the image file name's prefix before its first "_"
+
+
+def sci_match(prediction: str, example: TestExample) -> float:
+    """MLLM-DCL's Sci rule (MLLM-CL eval_sci.py), dispatched on the image file name's prefix before "_".
+
+    AI2D, TQA, VQA, SciVerse: lower-cased equality. Otherwise (MapQA): a question containing "Which states"
+    earns the share of the answer's comma-separated items found among the prediction's comma-separated items
+    (both lower-cased, not stripped, as there); any other question, the answer inside the prediction.
+    """
+    pred = prediction.strip()
+    if not pred or UNANSWERABLE in pred:
+        return 0.0
+    pred, gt = pred.lower(), str(answers(example)[0]).lower()
+    source = example.image.name.split("_")[0] if example.image is not None else ""
+    if source in SCI_EXACT_SOURCES:
+        return float(pred == gt)
+    if "Which states" in example.instruction:
+        wanted, said = gt.split(","), pred.split(",")
+        return sum(item in said for item in wanted) / len(wanted)
+    return float(gt in pred)
+
+
+def finvis_match(prediction: str, example: TestExample) -> float:
+    """MLLM-DCL's Fin rule (MLLM-CL eval_finvis.py): the prediction lower-cased, spaces and periods removed,
+    equal to the lower-cased answer (Fin's answers are letters or Yes/No)."""
+
+    def same(pred: str, gt: str) -> bool:
+        return UNANSWERABLE not in pred and pred.lower().replace(" ", "").replace(".", "") == gt.lower()
+
+    return _any_answer(prediction, example, same)
+
+
+HANDWRITTEN_MATH = "Handwritten Mathematical Expression Recognition"
+
+
+def ocrbench(prediction: str, example: TestExample) -> float:
+    """OCRBench's rule as MLLM-ACL scores OCR (MLLM-CL eval_ocr.py), by the item's `answer_type`: any answer
+    inside the prediction, both stripped and without newlines; lower-cased, except for handwritten
+    mathematical expressions, which drop every space instead."""
+    math = example.fields.get("answer_type") == HANDWRITTEN_MATH
+
+    def norm(text: str) -> str:
+        text = text.strip().replace("\n", "")
+        return text.replace(" ", "") if math else text.lower()
+
+    return _any_answer(prediction, example, lambda p, a: norm(a) in norm(p))
+
+
+def cvbench(prediction: str, example: TestExample) -> float:
+    """CV-Bench's rule as MLLM-ACL scores VP (MLLM-CL eval_sat.py): both lower-cased and stripped, spaces,
+    newlines and periods removed; the answer inside the prediction."""
+
+    def norm(text: str) -> str:
+        return text.lower().strip().replace(" ", "").replace("\n", "").replace(".", "")
+
+    return _any_answer(prediction, example, lambda p, a: norm(a) in norm(p))
+
+
+MATH_REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+                 "I'm sorry, but without the image provided", "Cannot determine the answer")  # fmt: skip
+_OPTION_PUNCTUATION = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
+
+
+def infer_option(prediction: str, choices: Sequence[str]) -> str | None:
+    """The option letter MathVista's prefetch reads from a prediction (MLLM-CL eval_math.py, VLMEvalKit's
+    can_infer): a refusal is "Z"; else the one option letter standing as a word (punctuation spaced out);
+    else "Z" when none stands but a lone "Z" does; else the one option whose text the lower-cased prediction
+    contains; else None."""
+    letters = [chr(65 + i) for i in range(len(choices))]
+    if any(refusal in prediction for refusal in MATH_REFUSALS):
+        return "Z"
+    words = prediction.translate(_OPTION_PUNCTUATION).split()
+    standing = [c for c in letters if c in words]
+    if len(standing) == 1:
+        return standing[0]
+    if not standing and "Z" in words:
+        return "Z"
+    found = [c for c, text in zip(letters, choices, strict=True) if str(text).lower() in prediction.lower()]
+    return found[0] if len(found) == 1 else None
+
+
+def mathvista_prefetch(prediction: str, example: TestExample) -> bool:
+    """Whether MathVista's rule-based prefetch already finds the right answer (no GPT judge needed): a
+    multiple-choice letter by `infer_option` equal to `answer_option`; an integer or float answer equal to
+    the whole prediction read as a number; a text answer never (the judge extracts it)."""
+    f, pred = example.fields, prediction.strip()
+    try:
+        if f.get("question_type") == "multi_choice":
+            return infer_option(pred, list(f.get("choices") or [])) == f.get("answer_option")
+        kind = {"integer": int, "float": float}.get(str(f.get("answer_type")))
+        return kind is not None and kind(pred) == kind(str(answers(example)[0]))
+    except ValueError:
+        return False
+
+
+def mathvista_rule(prediction: str, example: TestExample) -> float | None:
+    """1.0 where MathVista's prefetch finds the right answer; None (the judge decides) otherwise."""
+    return 1.0 if mathvista_prefetch(prediction, example) else None
+
+
+def server_only(prediction: str, example: TestExample) -> None:
+    """MMT-Bench (MLLM-ACL's APP) is scored only by its evaluation server: no item is scored here."""
+    return None
+
+
+SCORERS: dict[str, Callable[[str, TestExample], float | None]] = {
     "option_letter": option_letter,
     "vqa_soft": vqa_soft,
     "contains": contains,
@@ -231,11 +378,73 @@ SCORERS: dict[str, Callable[[str, TestExample], float]] = {
     "upper_match": upper_match,
     "ocrvqa_match": ocrvqa_match,
     "bbox_iou": bbox_iou,
+    "ai2d_match": ai2d_match,
+    "pvqa_contains": pvqa_contains,
+    "sci_match": sci_match,
+    "finvis_match": finvis_match,
+    "ocrbench": ocrbench,
+    "cvbench": cvbench,
+    "mathvista_rule": mathvista_rule,
+    "mmtbench_server": server_only,
+}
+CORPUS_METRICS = ("coco_caption",)  # scored on a whole task: `score_task`
+METRIC_NAMES = (*SCORERS, *CORPUS_METRICS)
+# Per-item fields whose values split a task's score (MLLM-CL's eval_ocr.py and eval_sat.py print these).
+BREAKDOWN_FIELDS = {"ocrbench": ("answer_type",), "cvbench": ("type", "task")}
+# Where the task score is not computed offline: what the official evaluator needs instead (report.md says it).
+OFFLINE = {
+    "mathvista_rule": "MathVista's GPT judge (MLLM-CL eval_math.py) decides the rest; the rule-based prefetch "
+    "share is in details.prefetch_correct (a lower bound); model_math.py writes each record's text into "
+    "row testmini_<n> of VLMEvalKit's MathVista_MINI.xlsx",
+    "mmtbench_server": "MMT-Bench is scored on its evaluation server: MLLM-CL's convert_result_to_submission.py "
+    "turns these records (question_id ALL_<n>, text) into the TSV it takes",
 }
 
 
-def score(metric: str, prediction: str, example: TestExample) -> float:
-    """Score one prediction by `metric`; an unknown metric names the known ones."""
+def score(metric: str, prediction: str, example: TestExample) -> float | None:
+    """Score one prediction by a per-item `metric` (None: the item cannot be scored offline)."""
     if metric not in SCORERS:
-        raise KeyError(f"unknown metric {metric!r}; known: {', '.join(SCORERS)}")
+        raise KeyError(f"unknown metric {metric!r}; per-item metrics: {', '.join(SCORERS)}")
     return SCORERS[metric](prediction, example)
+
+
+@dataclass
+class TaskScores:
+    """A task scored as its authors' script scores it."""
+
+    score: float | None  # 0-100; None: not scorable offline (see `note`)
+    items: list[float | None]  # per item, 0-1; None where an item has no offline score (all, for corpus metrics)
+    details: dict[str, float] = field(default_factory=dict)  # e.g. BLEU-1..4, or the 2D / 3D split
+    note: str = ""  # how to score it when `score` is None
+
+
+def breakdown(items: Sequence[float | None], examples: Sequence[TestExample], keys: Sequence[str]) -> dict[str, float]:
+    """{"<key>=<value>": mean item score x 100} over the items whose `fields[key]` is that value."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for item, example in zip(items, examples, strict=True):
+        for key in keys:
+            if key in example.fields and item is not None:
+                groups[f"{key}={example.fields[key]}"].append(item)
+    return {name: 100.0 * mean(values) for name, values in sorted(groups.items())}
+
+
+def score_task(metric: str, predictions: Sequence[str], examples: Sequence[TestExample]) -> TaskScores:
+    """Score a task's predictions by `metric`: every metric, per-item or corpus-level, through this one call."""
+    if metric == "coco_caption":
+        details = caption_scores(predictions, [answers(e) for e in examples])
+        return TaskScores(details["Average"], [None] * len(examples), details)
+    items = [score(metric, p, e) for p, e in zip(predictions, examples, strict=True)]
+    details = breakdown(items, examples, BREAKDOWN_FIELDS.get(metric, ()))
+    if metric in OFFLINE:
+        if metric == "mathvista_rule":
+            details["prefetch_correct"] = 100.0 * sum(x is not None for x in items) / len(items)
+        return TaskScores(None, items, details, OFFLINE[metric])
+    return TaskScores(100.0 * mean(items), items, details)
+
+
+def check_metric(metric: str, where: object) -> None:
+    """At benchmark load: an unknown metric names the known ones; a caption metric needs its tools present."""
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"{where}: field 'metric': unknown metric {metric!r}; known: {', '.join(METRIC_NAMES)}")
+    if metric in CORPUS_METRICS:
+        require_caption_tools(where)
