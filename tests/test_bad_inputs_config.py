@@ -182,7 +182,8 @@ def test_resume_with_a_benchmark_file_edited_in_place_is_refused_naming_it(cache
     bench = one_task_benchmark(tmp_path / "data")
     args = ["--benchmark", str(bench), "--methods", "lora", "--out", str(tmp_path / "out")]
     config = load_config("quick", None, [(("benchmark",), str(bench)), (("methods",), ["lora"])])
-    identity = run_identity(to_dict(config), "lora", 0, ["t"], content_hashes(load_benchmark(bench, check_images=False)))
+    files = content_hashes(load_benchmark(bench, check_images=False))
+    identity = run_identity(to_dict(config), "lora", 0, ["t"], files)
     (tmp_path / "out" / "lora" / "task-00").mkdir(parents=True)
     (tmp_path / "out" / "lora" / "task-00" / "state.json").write_text(json.dumps({"run": identity}))
     train = tmp_path / "data" / "train.json"
@@ -196,7 +197,8 @@ def test_an_out_holding_the_benchmark_is_refused_and_nothing_is_deleted(cache, t
     for flag in ([], ["--resume"], ["--overwrite"]):
         refused(["--benchmark", str(bench), "--out", str(tmp_path), *flag], cache, "holds no branchlora run"
                 if flag else "is not empty")  # fmt: skip
-    refused(["--benchmark", str(bench), "--out", str(tmp_path / "runs" / ".."), "--dry-run"], cache, "holds the benchmark")
+    up = str(tmp_path / "runs" / "..")
+    refused(["--benchmark", str(bench), "--out", up, "--dry-run"], cache, "holds the benchmark")
     (tmp_path / "results.json").write_text("{}")  # an older version's run written among the data files
     for flag in ("--resume", "--overwrite"):
         refused(["--benchmark", str(bench), "--out", str(tmp_path), flag], cache, "holds the benchmark file")
