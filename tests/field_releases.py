@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from branchlora.data.world import COLOURS, WORDS
+
 from coin_release import draw
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -18,6 +18,7 @@ import transformers as T
 
 from branchlora.bench import realistic
 from branchlora.models.loading import image_only
+
 from family_support import INTERNVL_TEMPLATE, INTERNVL_TOKENS, KINDS, MROPE, QWEN_TEMPLATE, QWEN_TOKENS, TEXT, VISION
 
 # The published image settings (llava-hf, Qwen and OpenGVLab hf checkpoints' processor configs).

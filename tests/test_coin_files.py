@@ -9,8 +9,9 @@ from PIL import Image
 
 from branchlora.data.benchmark import BenchmarkError, image_size, load_benchmark, open_image, padded_square_box
 from branchlora.evaluation.scorers import answers, score
-from coin_release import write_coin_release
 from test_benchmark import write_stream
+
+from coin_release import write_coin_release
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from branchlora.cli import app
 from branchlora.evaluation import metrics
+
 from coin_release import write_coin_release
 from real_geometry import build_family_folder
 

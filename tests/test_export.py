@@ -22,9 +22,9 @@ from branchlora.export import export_checkpoint, layer_factors
 from branchlora.inference import load_trained, predict
 from branchlora.methods import Task, get_method
 from branchlora.models.loading import load_base_from
-from real_geometry import build_family_folder
 
 from engine_support import ADAPTER, LORA, MICRO, MICRO_PRETRAIN, TOY_EVAL, TOY_TRAIN, fresh, micro_base, toy_stream
+from real_geometry import build_family_folder
 
 runner = CliRunner()
 TINY = {"base": "tiny", "base_options": {"tiny": vars(MICRO), "pretraining": vars(MICRO_PRETRAIN)}}

@@ -9,6 +9,7 @@ from branchlora.adapters import AdapterConfig, adapter_layers, inject_adapters, 
 from branchlora.models.family import family_of, require_family
 from branchlora.models.parts import language_model, projector
 from branchlora.params import count_parameters
+
 from family_support import KINDS, image_batch, tiny_family_model
 
 LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -12,14 +12,14 @@ from branchlora.data.benchmark import TestExample
 from branchlora.data.collate import Collator
 from branchlora.methods import Task, get_method
 from branchlora.models.family import require_family, sample_rows
+
+from engine_support import TOY_EVAL, TOY_TRAIN, fresh, toy_stream
 from family_support import (
     internvl_model_and_processor,
     llava_next_model_and_processor,
     llava_onevision_model_and_processor,
     qwen_model_and_processor,
 )
-
-from engine_support import TOY_EVAL, TOY_TRAIN, fresh, toy_stream
 
 METHODS = ["lora", "moelora", "branchlora", "proglora", "lilora", "ewc", "lwf", "olora", "hide", "sefe", "clmoe"]
 

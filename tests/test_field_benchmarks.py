@@ -12,9 +12,9 @@ from branchlora.cli import app
 from branchlora.data.benchmark import BenchmarkError, TestExample, load_benchmark
 from branchlora.evaluation import captions, metrics, scorers
 from branchlora.evaluation.scorers import infer_option, score, score_task
-from field_releases import write_field_release
 
 from engine_support import MICRO, MICRO_PRETRAIN
+from field_releases import write_field_release
 
 runner = CliRunner()
 

@@ -9,6 +9,7 @@ from branchlora.data.benchmark import TestExample, TrainExample
 from branchlora.data.collate import IGNORE_INDEX, Collator, LengthError, expand_to_square
 from branchlora.models.loading import PACKAGED, make_collator
 from branchlora.typed import ConfigError
+
 from family_support import qwen_model_and_processor, tiny_family_model
 
 SIZES = [(500, 375), (375, 500), (1024, 768), (56, 56)]  # photo-shaped, portrait, large, tiny

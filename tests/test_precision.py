@@ -104,3 +104,10 @@ def test_a_resumed_bf16_run_gets_its_float32_projector_back_unrounded(half_folde
     fresh_weight.data = fresh_weight.data.bfloat16()  # as a base loads before the task's float32 upcast
     load_checkpoint(folder, fresh, again)
     assert fresh_weight.dtype == torch.float32 and torch.equal(fresh_weight, projector(model).linear_1.weight)
+
+
+def test_a_second_run_in_one_python_process_may_change_the_precision():
+    from branchlora.train import make_accelerator
+
+    for mixed in ("no", "bf16", "no"):  # Accelerate refuses to change a process's state: the tool resets it
+        assert make_accelerator(TrainConfig(mixed_precision=mixed), cpu=True).mixed_precision == mixed

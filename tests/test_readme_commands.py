@@ -10,12 +10,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 from typer.testing import CliRunner
 
 from branchlora.cli import app
 
 from engine_support import MICRO, MICRO_PRETRAIN
+from field_releases import ROOTS, write_field_release
+from real_geometry import build_family_folder
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
@@ -77,14 +78,11 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     stream_spec = yaml.safe_load(re.search(r"```yaml\n(name: my-stream.*?)```", README, re.S).group(1))
     coin = fake_benchmark(yaml.safe_load((ROOT / "configs" / "coin.yaml").read_text()), root / "coin", inside(root))
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=16, patch_size=8)  # fmt: skip
-    text = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=2, vocab_size=64)  # fmt: skip
-    LlavaConfig(vision_config=vision, text_config=text, image_token_id=3).save_pretrained(root / "llava")
+    build_family_folder("llava", root / "llava")  # a LLaVA-1.5 folder with its processor: the dry run tokenises
     paths = {
         "my-stream.yaml": fake_benchmark(stream_spec, root / "stream", inside(root)),
         "configs/coin.yaml": coin,
+        **{f"configs/{name}.yaml": write_field_release(name, root / name) for name in ROOTS},
         HUB_ID: root / "llava",
         "cat.png": next(root.rglob("img.png")),
     }
@@ -170,7 +168,9 @@ def test_the_readme_commands_are_found():
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_dry_runs_on_stand_in_data(config, world, tmp_path):
     spec = yaml.safe_load(config.read_text())
-    if "tasks" in spec:  # a benchmark file: dry-run it with its paths moved onto stand-in data
+    if config.stem in ROOTS:  # the field's benchmarks: their miniature releases, in their own layouts
+        args = ["run", "--benchmark", world["paths"][f"configs/{config.name}"]]
+    elif "tasks" in spec:  # a benchmark file: dry-run it with its paths moved onto stand-in data
         args = ["run", "--benchmark", str(fake_benchmark(spec, tmp_path / "data", inside(tmp_path / "data")))]
     else:
         args = ["run", "--config", str(config), "--set", f"benchmark={world['paths']['configs/coin.yaml']}"]

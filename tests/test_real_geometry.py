@@ -19,6 +19,7 @@ from branchlora.data.collate import Collator
 from branchlora.evaluation import metrics
 from branchlora.models.family import require_family, sample_rows
 from branchlora.models.loading import load_pretrained
+
 from family_support import KINDS
 from real_geometry import NEXT_PINPOINTS, ONEVISION_PINPOINTS, PHOTOS, build_family_folder, write_photo_stream
 

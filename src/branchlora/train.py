@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
@@ -193,6 +194,15 @@ def make_accelerator(
     write under `project_dir`."""
     # Branches a step's routing did not choose get no gradient: DDP must allow unused parameters.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    state = AcceleratorState._shared_state
+    if (
+        state
+        and state.get("_mixed_precision") not in (None, config.mixed_precision)
+        and PartialState().num_processes == 1
+    ):
+        # A second run in this Python process (a notebook, a test) with another precision: Accelerate keeps one
+        # state per process and refuses to change it, so the one-process state is reset (launched runs have one).
+        AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp],
                               log_with=log_with or None, project_dir=project_dir)  # fmt: skip
     if accelerator.distributed_type == DistributedType.FSDP:

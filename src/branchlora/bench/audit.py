@@ -7,6 +7,7 @@ any device, so the same audit runs in the test suite on a CPU and in `branchlora
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -52,26 +53,32 @@ def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
 
 def check_branchlora(device: torch.device, dtype: torch.dtype) -> dict:
     """BranchLoRA (first-token routing, left padding, two task routers) on `device`/`dtype` against float64
-    on the CPU: the relative error of the output and of every gradient (input, A, branches, router)."""
+    on the CPU: the relative error of the output and of every gradient (input, A, branches, router).
+
+    As a run holds it: the frozen base in `dtype`, the adapter in float32, under autocast to `dtype` when that
+    is a half precision."""
     torch.manual_seed(0)
     reference = BranchLoRA(nn.Linear(512, 384), AdapterConfig(r=64, n_branches=8, top_k=2, dropout=0.0)).double()
     reference.add_router()
     with torch.no_grad():
         for b in reference.lora_B:
             b.normal_(std=0.02)
-    layer = copy.deepcopy(reference).to(device, dtype)
+    layer = copy.deepcopy(reference).to(device, torch.float32)
+    layer.base_layer.to(dtype)
+    half = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     x = torch.randn(4, 32, 512, dtype=torch.float64)
     mask = torch.ones(4, 32, dtype=torch.long)
     mask[0, :5] = 0
     grad = torch.randn(4, 32, 384, dtype=torch.float64)
     results, routes = {}, {}
-    for name, module in (("reference", reference), ("device", layer)):
-        factory = {"device": module.lora_A.device, "dtype": module.lora_A.dtype}
+    for name, module, amp in (("reference", reference, contextlib.nullcontext()), ("device", layer, half)):
+        factory = {"device": module.base_layer.weight.device, "dtype": module.base_layer.weight.dtype}
         xi = x.to(**factory, copy=True).requires_grad_(True)
-        with routing_context(nn.Sequential(module), task_ids=1, attention_mask=mask.to(factory["device"])):
+        with routing_context(nn.Sequential(module), task_ids=1, attention_mask=mask.to(factory["device"])), amp:
             out = module(xi)
         out.backward(grad.to(**factory))
-        routes[name] = module.route(module.routing_input(xi.detach())).cpu() > 0  # the chosen branches
+        with amp:
+            routes[name] = module.route(module.routing_input(xi.detach())).cpu() > 0  # the chosen branches
         results[name] = {
             "out": out,
             "grad_x": xi.grad,
