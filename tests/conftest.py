@@ -55,3 +55,14 @@ def small_toy(tmp_path_factory):
 
     model, processor = micro_base(tmp_path_factory.mktemp("micro-base-cache"))
     return model, toy_stream(tmp_path_factory.mktemp("toy"), processor, n_train=8, n_test=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_precision_per_test():
+    """Accelerate keeps one state per process: a test that ran in bf16 (an in-process `branchlora run`) must not
+    leave its autocast to the next test's plain `Accelerator(cpu=True)`."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, "no"):
+        AcceleratorState._reset_state()
