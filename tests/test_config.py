@@ -45,6 +45,12 @@ def test_a_layer_changing_the_benchmark_drops_the_earlier_task_orders(tmp_path):
     assert load("benchmark=minicoin").orders == load().orders  # the same benchmark: nothing dropped
 
 
+def test_a_benchmark_file_given_as_the_config_runs_that_benchmark():
+    cfg = load(path="configs/ucit.yaml")
+    assert cfg.benchmark == "configs/ucit.yaml" and cfg.benchmark_options == {} and cfg.orders == []
+    assert cfg.train.max_steps == 56  # the preset's other settings stay
+
+
 def test_a_yaml_file_with_exponent_floats_loads(tmp_path):
     (tmp_path / "c.yaml").write_text("train: {lr: 1e-3, projector_lr: 5e-5}\n")  # YAML 1.1 reads both as strings
     cfg = load(path=tmp_path / "c.yaml")

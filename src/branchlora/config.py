@@ -219,12 +219,17 @@ def apply_layer(data: dict, entries: list[Entry]) -> None:
 def load_config(
     preset: str | None = "default", path: str | Path | None = None, overrides: list[Entry] = ()
 ) -> RunConfig:
-    """The preset, then the user's file, then the command line's entries, each replacing what it names."""
+    """The preset, then the user's file, then the command line's entries, each replacing what it names.
+
+    A benchmark file given as the config (configs/ucit.yaml: a `tasks` list, no run keys) runs that benchmark
+    with the preset's other settings, as `--benchmark FILE` would."""
     data: dict = {}
     if preset:
         apply_layer(data, file_entries(read_yaml(preset_path(preset))))
     if path:
-        apply_layer(data, file_entries(read_yaml(Path(path))))
+        given = read_yaml(Path(path))
+        benchmark = "tasks" in given and not given.keys() & {f.name for f in fields(RunConfig)}
+        apply_layer(data, [(("benchmark",), str(path))] if benchmark else file_entries(given))
     apply_layer(data, list(overrides))
     return build(RunConfig, data, "")
 
