@@ -1,12 +1,30 @@
-"""Shared fixtures: a tiny random LLaVA built offline from a config (no weights, no hub)."""
+"""Shared fixtures: a tiny random LLaVA built offline from a config (no weights, no hub), and one cache for the
+session (the micro base pre-trained once, each minicoin generated once), never the user's ~/.cache."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: a second thread costs more than it gives
+
+
+_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point BRANCHLORA_CACHE at a fresh folder for the whole session (torchrun's ranks inherit it): what one test
+    builds there (the micro base, a minicoin) the next one finds, and nothing reaches ~/.cache/branchlora."""
+    config.stash[_CACHE] = tempfile.mkdtemp(prefix="branchlora-tests-")
+    os.environ["BRANCHLORA_CACHE"] = config.stash[_CACHE]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _CACHE in config.stash:
+        shutil.rmtree(config.stash[_CACHE], ignore_errors=True)
 
 
 def build_tiny_llava(layers: int = 2, seed: int = 0):
@@ -53,7 +71,7 @@ def small_toy(tmp_path_factory):
     """(micro base, a toy stream of 8 train / 2 test items per task), built once for the session."""
     from engine_support import micro_base, toy_stream
 
-    model, processor = micro_base(tmp_path_factory.mktemp("micro-base-cache"))
+    model, processor = micro_base()
     return model, toy_stream(tmp_path_factory.mktemp("toy"), processor, n_train=8, n_test=2)
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
 from pathlib import Path
 
 from PIL import Image
 
 from branchlora.continual import StreamData, run_method
-from branchlora.data.benchmark import TestExample, TrainExample
+from branchlora.data.benchmark import TestExample, TrainExample, default_cache_dir
 from branchlora.data.collate import Collator
 from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.methods import get_method
-from branchlora.models.loading import load_base
+from branchlora.models.loading import load_base, tiny_folder
 from branchlora.models.pretrain import QUICK_PRETRAIN, QUICK_TINY
 from branchlora.train import TrainConfig
 
@@ -40,8 +41,17 @@ def run_toy(name: str, adapter: dict, toy: tuple, out: Path) -> tuple:
     return method, model, run_method(method, model, toy[1], TOY_TRAIN, TOY_EVAL, out), out
 
 
-def micro_base(cache: Path):
-    return load_base("tiny", cache_dir=cache, tiny=MICRO, pretraining=MICRO_PRETRAIN, progress=False)
+def micro_base(cache: Path | None = None):
+    """(model, processor) of the micro base, pre-trained once per session in $BRANCHLORA_CACHE (conftest's session
+    folder) and copied into `cache` when one is given, for a test whose CLI runs look for it there."""
+    shared, target = default_cache_dir(), Path(cache or default_cache_dir())
+    folder = tiny_folder(MICRO, MICRO_PRETRAIN, 0, target)
+    if not folder.exists() and target.resolve() != shared.resolve():
+        load_base("tiny", cache_dir=shared, tiny=MICRO, pretraining=MICRO_PRETRAIN, progress=False)  # built once
+        staged = folder.with_name(f".tmp-{folder.name}")
+        shutil.copytree(tiny_folder(MICRO, MICRO_PRETRAIN, 0, shared), staged, dirs_exist_ok=True)
+        staged.rename(folder)
+    return load_base("tiny", cache_dir=target, tiny=MICRO, pretraining=MICRO_PRETRAIN, progress=False)
 
 
 def toy_stream(folder: Path, processor, n_train: int = 16, n_test: int = 4, seed: int = 0) -> StreamData:

@@ -23,7 +23,6 @@ SIZES = ["adapter.r=8", "adapter.alpha=16", "train.max_steps=1", "train.batch_si
          "eval.batch_size=4", "eval.max_new_tokens=4", "methods=[lora,branchlora]"]  # fmt: skip
 
 
-@pytest.mark.slow
 def test_the_coin_config_trains_and_scores_all_eight_tasks_from_coin_s_release_layout(tmp_path):
     bench = write_coin_release(tmp_path / "coin", items=2)
     base = build_family_folder("llava", tmp_path / "llava-1.5-tiny")
@@ -31,11 +30,10 @@ def test_the_coin_config_trains_and_scores_all_eight_tasks_from_coin_s_release_l
     out = tmp_path / "run"
     args = ["run", "--config", "configs/coin-llava-1.5-7b.yaml", "--benchmark", str(bench), "--base", str(base),
             "--device", "cpu", "--out", str(out), *[a for s in SIZES for a in ("--set", s)]]  # fmt: skip
-    env = {"BRANCHLORA_CACHE": str(tmp_path / "cache")}
-    plan = CliRunner().invoke(app, [*args, "--dry-run"], env=env)
+    plan = CliRunner().invoke(app, [*args, "--dry-run"])
     assert plan.exit_code == 0, plan.output
     assert "longest" in plan.output and "576" not in plan.output.split("longest")[0]  # lengths come after the header
-    result = CliRunner().invoke(app, args, env=env)
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
     assert data["benchmark"]["tasks"] == COIN

@@ -2,88 +2,109 @@
 branches and task keys."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 import branchlora
+from branchlora.data.benchmark import default_cache_dir
 
 from engine_support import micro_base
 
-SCRIPT = textwrap.dedent(
+# The scenario as a function, run on two ranks at batch 2 and on one process at batch 4 (the same items per step).
+TRAIN_COLOUR = textwrap.dedent(
+    """
+    def train_colour(cache, toy, batch_size):
+        \"\"\"What BranchLoRA holds after 3 steps of task 0 from the micro base, as plain tensors and lists.\"\"\"
+        import torch
+        from engine_support import ADAPTER, micro_base, toy_stream
+        from branchlora.adapters import adapter_layers
+        from branchlora.methods import Task, get_method
+        from branchlora.train import TrainConfig, make_accelerator, train_task
+
+        config = TrainConfig(max_steps=3, batch_size=batch_size, lr=5e-3)
+        accelerator = make_accelerator(config, cpu=True)
+        model, processor = micro_base(cache)
+        stream = toy_stream(toy / str(accelerator.process_index), processor)
+        method = get_method("branchlora")({**ADAPTER, "dropout": 0.0})  # masks would be drawn per process
+        torch.manual_seed(0)  # the adapters' initial values, whatever ran before in this process
+        method.setup(model)
+        before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        train_task(model, method, Task(0, "colour"), stream.train[0], stream.collator.train_batch, config,
+                   accelerator)
+        trained = [p.detach() for p in model.parameters() if p.requires_grad]
+        assert any(not torch.equal(a, b) for a, b in zip(before, trained))
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        frozen = [layer.frozen for _, layer in adapter_layers(model)]
+        return {"world": accelerator.num_processes, "rank": accelerator.process_index, "params": trained,
+                "names": names, "frozen": frozen, "keys": method.key_img + method.key_txt}
+    """
+)
+SCRIPT = TRAIN_COLOUR + textwrap.dedent(
     """
     import sys
     from pathlib import Path
     import torch
-    from accelerate import Accelerator
-    from engine_support import ADAPTER, micro_base, toy_stream
-    from branchlora.adapters import adapter_layers
-    from branchlora.methods import Task, get_method
-    from branchlora.train import TrainConfig, make_accelerator, train_task
 
     torch.set_num_threads(1)
     cache, toy, out = map(Path, sys.argv[1:4])
-    config = TrainConfig(max_steps=3, batch_size=2, lr=5e-3)
-    accelerator = make_accelerator(config, cpu=True)
-    model, processor = micro_base(cache)
-    stream = toy_stream(toy / str(accelerator.process_index), processor)
-    method = get_method("branchlora")(ADAPTER)
-    method.setup(model)
-    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    train_task(model, method, Task(0, "colour"), stream.train[0], stream.collator.train_batch, config, accelerator)
-    trained = [p.detach() for p in model.parameters() if p.requires_grad]
-    assert any(not torch.equal(a, b) for a, b in zip(before, trained))
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    frozen = [layer.frozen for _, layer in adapter_layers(model)]
-    result = {"world": accelerator.num_processes, "params": trained, "names": names, "frozen": frozen,
-              "keys": method.key_img + method.key_txt}
-    torch.save(result, out / f"rank{accelerator.process_index}.pt")
+    result = train_colour(cache, toy / "colour", batch_size=2)
+    torch.save(result, out / f"rank{result['rank']}.pt")
     """
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(source: str, tmp_path: Path, port: int | None = None, cache: Path | None = None) -> None:
-    """Run `source` on two processes under torchrun (gloo), with argv: the micro base's cache (default: built
-    under tmp_path), the toy data's folder and the output folder (tmp_path); a free port unless given."""
-    cache = cache or tmp_path / "cache"
+def launch(source: str, tmp_path: Path, cache: Path | None = None) -> None:
+    """Run `source` on two processes under torchrun (gloo, a free port of its choosing), with argv: the micro base's
+    cache (default: the session's), the toy data's folder and the output folder (both tmp_path)."""
+    cache = cache or default_cache_dir()
     micro_base(cache)  # build once, before the ranks read it
-    port = port or free_port()
     script = tmp_path / "script.py"
     script.write_text(source)
     torchrun = Path(sys.executable).parent / "torchrun"
     source_root = Path(branchlora.__file__).parents[1]  # the ranks import the branchlora this test imported
     env = {**os.environ, "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{source_root}", "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--nproc_per_node=2", f"--master_port={port}", str(script), cache, tmp_path, tmp_path]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), cache, tmp_path, tmp_path]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_two_process_ddp_keeps_ranks_equal(tmp_path):
-    launch(SCRIPT, tmp_path, 29531)
-    rank0, rank1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> Path:
+    """One torchrun launch for the module's two scenarios (3 DDP steps of task 0, then two-task runs under DDP and
+    with the sharded base); the folder holding what each rank saved."""
+    out = tmp_path_factory.mktemp("ranks")
+    launch(SCRIPT + SHARDED, out)
+    return out
+
+
+def test_two_process_ddp_keeps_ranks_equal_and_steps_as_one_process(ranks, tmp_path):
+    """Both ranks end task 0 with the same parameters, frozen branches and keys, and with the parameters and frozen
+    branches of one process trained at twice the per-process batch (the same items per optimizer step). The keys
+    are not compared with one process: each rank starts its keys at its own first batch, trains them on its own
+    shard (their gradients are not averaged per step) and the ranks average them at the task's end."""
+    rank0, rank1 = (torch.load(ranks / f"rank{i}.pt") for i in (0, 1))
     assert rank0["world"] == rank1["world"] == 2
     for name, a, b in zip(rank0["names"], rank0["params"], rank1["params"], strict=True):
         assert torch.equal(a, b), name
     assert rank0["frozen"] == rank1["frozen"] and sum(map(sum, rank0["frozen"])) > 0  # the same branches frozen
     for a, b in zip(rank0["keys"], rank1["keys"], strict=True):
         assert torch.equal(a, b)
+    scope: dict = {}
+    exec(TRAIN_COLOUR, scope)  # the same scenario, here on one process
+    one = scope["train_colour"](None, tmp_path, batch_size=4)
+    assert one["world"] == 1 and one["names"] == rank0["names"] and one["frozen"] == rank0["frozen"]
+    for name, a, b in zip(one["names"], one["params"], rank0["params"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
 SHARDED = textwrap.dedent(
     """
-    import copy, sys
-    from pathlib import Path
-    import torch
+    import copy
     from engine_support import ADAPTER, micro_base, toy_stream
     from branchlora.adapters import adapter_layers
     from branchlora.continual import run_method
@@ -92,11 +113,9 @@ SHARDED = textwrap.dedent(
     from branchlora.sharding import is_sharded
     from branchlora.train import TrainConfig, make_accelerator
 
-    torch.set_num_threads(1)
-    cache, toy, out = map(Path, sys.argv[1:4])
     accelerator = make_accelerator(TrainConfig(), cpu=True)
     base, processor = micro_base(cache)
-    stream = toy_stream(toy / str(accelerator.process_index), processor, n_train=8, n_test=2)
+    stream = toy_stream(toy / "sharded" / str(accelerator.process_index), processor, n_train=8, n_test=2)
     stream.train, stream.test, stream.names, stream.metrics = (x[:2] for x in (stream.train, stream.test,
                                                                stream.names, stream.metrics))
     for mode in ("ddp", "sharded"):
@@ -114,11 +133,10 @@ SHARDED = textwrap.dedent(
 )
 
 
-def test_sharded_frozen_base_matches_ddp(tmp_path):
+def test_sharded_frozen_base_matches_ddp(ranks):
     """train.shard_frozen (FSDP2 on the frozen base, adapters whole): a two-task BranchLoRA run ends with the same
     adapters, frozen branches, routers and keys on both ranks, and the same matrix and adapters as under DDP."""
-    launch(SHARDED, tmp_path, 29532)
-    runs = {(mode, i): torch.load(tmp_path / f"{mode}-rank{i}.pt") for mode in ("ddp", "sharded") for i in (0, 1)}
+    runs = {(mode, i): torch.load(ranks / f"{mode}-rank{i}.pt") for mode in ("ddp", "sharded") for i in (0, 1)}
     assert runs["sharded", 0]["sharded"] and not runs["ddp", 0]["sharded"]
     for mode in ("ddp", "sharded"):
         zero, one = runs[mode, 0], runs[mode, 1]

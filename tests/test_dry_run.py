@@ -13,8 +13,7 @@ from branchlora.experiment import plan_experiment, run_experiment
 from branchlora.models.loading import PACKAGED
 
 
-def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path, monkeypatch):
-    monkeypatch.setenv("BRANCHLORA_CACHE", str(tmp_path / "cache"))
+def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path):
     sets = ["benchmark_options={train_size: 4, test_size: 3}", "eval.limit=2", "methods=lora,multitask"]
     config = load_config("quick", None, [parse_override(s) for s in [*sets, f"out={tmp_path / 'out'}"]])
     plan = plan_experiment(config, console=Console(file=io.StringIO()))
@@ -26,9 +25,8 @@ def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path, monkeypatc
     assert plan["base"]["sizes"]["hidden"] == 192 and not (tmp_path / "out").exists()
 
 
-def test_the_plan_counts_replayed_items_in_epoch_budgets(tmp_path, monkeypatch):
+def test_the_plan_counts_replayed_items_in_epoch_budgets(tmp_path):
     """With steps from epochs, task t trains on its items plus replay.size items of each earlier task."""
-    monkeypatch.setenv("BRANCHLORA_CACHE", str(tmp_path / "cache"))
     sets = ["benchmark_options={train_size: 4, test_size: 3}", "methods=lora,multitask", "train.max_steps=0",
             "train.epochs=1", "train.batch_size=2", "replay.size=3"]  # fmt: skip
     config = load_config("quick", None, [parse_override(s) for s in [*sets, f"out={tmp_path / 'out'}"]])
@@ -38,10 +36,9 @@ def test_the_plan_counts_replayed_items_in_epoch_budgets(tmp_path, monkeypatch):
     assert plan["methods"]["multitask"]["steps"] == 4 * 2
 
 
-def test_the_plan_measures_every_item_and_refuses_one_over_max_length(tmp_path, monkeypatch):
+def test_the_plan_measures_every_item_and_refuses_one_over_max_length(tmp_path):
     """The longest train and test sequence per task, as the Collator builds them; an item over
     model.max_length is refused by the dry run and by `run`, before any training, naming it."""
-    monkeypatch.setenv("BRANCHLORA_CACHE", str(tmp_path / "cache"))
     sets = ["benchmark_options={train_size: 4, test_size: 3}", "methods=lora", f"out={tmp_path / 'out'}"]
     config = load_config("quick", None, [parse_override(s) for s in sets])
     plan = plan_experiment(config, console=Console(file=io.StringIO()))

@@ -2,7 +2,6 @@
 
 import copy
 import json
-import socket
 import textwrap
 from functools import partial
 from pathlib import Path
@@ -54,7 +53,7 @@ def test_prediction_records_are_what_coins_scripts_read():
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    base, processor = micro_base(tmp_path_factory.mktemp("cache"))
+    base, processor = micro_base()
     stream = toy_stream(tmp_path_factory.mktemp("toy"), processor, n_train=4, n_test=3)
     return base, stream
 
@@ -180,13 +179,10 @@ SCRIPT = textwrap.dedent(
 def test_two_processes_score_exactly_as_one(tmp_path):
     """Two processes (gloo) split each task's batches (2 and 1 items), gather the answers and end with the one-
     process run's matrix and predictions files, on every rank; only rank 0 writes."""
-    base, processor = micro_base(tmp_path / "cache")  # the ranks' base, built before they start
+    base, processor = micro_base()  # the ranks' base, built before they start
     stream = two_tasks(toy_stream(tmp_path / "reference", processor, n_train=4, n_test=3))
     one = run_method(get_method("branchlora")(ADAPTER), base, stream, TRAIN, EVAL, tmp_path / "one")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch(SCRIPT, tmp_path, port)
+    launch(SCRIPT, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     expected = read_predictions(tmp_path / "one")
     assert read_predictions(tmp_path / "two") == expected  # every stage's file, byte for byte

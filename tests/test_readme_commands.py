@@ -86,7 +86,7 @@ def world(tmp_path_factory):
         HUB_ID: root / "llava",
         "cat.png": next(root.rglob("img.png")),
     }
-    world = {"root": root, "cache": root / "cache", "paths": {k: str(v) for k, v in paths.items()}}
+    world = {"root": root, "paths": {k: str(v) for k, v in paths.items()}}
     world["run"] = finished_quick_run(world)
     return world
 
@@ -113,7 +113,7 @@ def quick_run(out: Path) -> list[str]:
 def finished_quick_run(world: dict) -> Path:
     """The README's smoke run, really trained, for predict, evaluate and resume."""
     out = world["root"] / "runs" / "default"
-    result = runner.invoke(app, quick_run(out), env={"BRANCHLORA_CACHE": str(world["cache"])})
+    result = runner.invoke(app, quick_run(out))
     assert result.exit_code == 0, result.output
     return out
 
@@ -148,7 +148,7 @@ def test_readme_command(command, world, tmp_path, monkeypatch):
         monkeypatch.setattr(
             "branchlora.bench.loop.DEFAULT", LoopSizes(steps=3, batch_size=4, warmup=0, least=2, cap_s=0)
         )
-    result = runner.invoke(app, as_run(command, world, tmp_path), env={"BRANCHLORA_CACHE": str(world["cache"])})
+    result = runner.invoke(app, as_run(command, world, tmp_path))
     if command in REFUSED:
         assert result.exit_code == 2 and REFUSED[command] in " ".join(result.output.split()), result.output
         return
@@ -176,7 +176,7 @@ def test_every_config_dry_runs_on_stand_in_data(config, world, tmp_path):
         args = ["run", "--config", str(config), "--set", f"benchmark={world['paths']['configs/coin.yaml']}"]
         args += [] if torch.cuda.is_available() else ["--device", "cpu"]
     args += ["--base", world["paths"][HUB_ID], "--dry-run", "--out", str(tmp_path / "out")]
-    result = runner.invoke(app, args, env={"BRANCHLORA_CACHE": str(world["cache"])})
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "tunable parameters" in result.output and not (tmp_path / "out").exists()
 
@@ -184,7 +184,7 @@ def test_every_config_dry_runs_on_stand_in_data(config, world, tmp_path):
 def test_a_hub_id_that_is_not_available_offline_is_one_clear_line(world, tmp_path):
     args = ["run", "--benchmark", world["paths"]["my-stream.yaml"], "--base", "llava-hf/no-such-model-here",
             "--dry-run", "--out", str(tmp_path / "out")]  # fmt: skip
-    result = runner.invoke(app, args, env={"BRANCHLORA_CACHE": str(world["cache"]), "HF_HUB_OFFLINE": "1"})
+    result = runner.invoke(app, args, env={"HF_HUB_OFFLINE": "1"})
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "base 'llava-hf/no-such-model-here': its config is not available" in " ".join(result.output.split())
 
@@ -195,14 +195,13 @@ def test_checkpoints_record_the_run_and_a_changed_resume_is_refused(world):
     assert state["run"]["train"]["max_steps"] == 2 and state["run"]["tasks"] == state["tasks"]
     assert json.loads((world["run"] / "run-config.json").read_text())["orders"] == [state["tasks"]]
     assert not (world["run"] / ".lock").exists()  # released at the end
-    env = {"BRANCHLORA_CACHE": str(world["cache"])}
     changed = [*quick_run(world["run"]), "--resume", "--set", "train={max_steps: 3, batch_size: 4}"]
-    result = runner.invoke(app, changed, env=env)
+    result = runner.invoke(app, changed)
     assert result.exit_code == 2 and "train.max_steps: 2 -> 3" in " ".join(result.output.split()), result.output
-    result = runner.invoke(app, [*quick_run(world["run"]), "--dry-run"], env=env)
+    result = runner.invoke(app, [*quick_run(world["run"]), "--dry-run"])
     assert result.exit_code == 2 and "is not empty" in result.output  # a dry run checks --out as a run would
     before = sorted(p.name for p in world["run"].iterdir())
-    result = runner.invoke(app, [*quick_run(world["run"]), "--overwrite", "--dry-run"], env=env)
+    result = runner.invoke(app, [*quick_run(world["run"]), "--overwrite", "--dry-run"])
     assert result.exit_code == 0 and sorted(p.name for p in world["run"].iterdir()) == before
-    result = runner.invoke(app, [*quick_run(world["run"]), "--resume"], env=env)  # all done: nothing left to train
+    result = runner.invoke(app, [*quick_run(world["run"]), "--resume"])  # all done: nothing left to train
     assert result.exit_code == 0, result.output

@@ -179,11 +179,10 @@ def test_run_resume_and_predict_through_the_cli(kind, folders, tmp_path):
     of the finished run trains nothing and writes the same matrix; `predict` answers and names a task."""
     (tmp_path / "data").mkdir()
     bench, out = write_photo_stream(tmp_path / "data"), tmp_path / "out"
-    env = {"BRANCHLORA_CACHE": str(tmp_path / "cache")}
     sets = ["train.max_steps=2", "train.batch_size=2", "eval.batch_size=2", "eval.max_new_tokens=3", "adapter.r=8"]
     args = ["run", "--base", str(folders(kind)), "--benchmark", str(bench), "--methods", "lora,branchlora",
             "--out", str(out), *[a for s in sets for a in ("--set", s)]]  # fmt: skip
-    result = runner.invoke(app, args, env=env)
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
     assert data["benchmark"]["tasks"] == ["color", "shape"]
@@ -196,13 +195,13 @@ def test_run_resume_and_predict_through_the_cli(kind, folders, tmp_path):
         assert r["metrics"]["maa"] == pytest.approx(metrics.maa(r["matrix"]))
         assert {p.name for p in (out / name).iterdir()} >= {"task-00", "task-01"}, name  # a checkpoint per stage
     assert data["methods"]["branchlora"]["selector_accuracy"] == 100.0  # two distinct instructions
-    again = runner.invoke(app, [*args, "--resume"], env=env)
+    again = runner.invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
     resumed = json.loads((out / "results.json").read_text())
     for name in ("lora", "branchlora"):
         assert resumed["methods"][name]["matrix"] == data["methods"][name]["matrix"]
     image = tmp_path / "data" / "shape-1.jpg"
     said = runner.invoke(app, ["predict", "--checkpoint", str(out / "branchlora"), "--image", str(image),
-                               "--prompt", "Is it wide or tall?"], env=env)  # fmt: skip
+                               "--prompt", "Is it wide or tall?"])  # fmt: skip
     assert said.exit_code == 0, said.output
     assert "answer:" in said.output and "shape" in said.output

@@ -114,15 +114,14 @@ SCRIPT = (
 
 def test_two_processes_step_as_one_with_twice_the_batch(tmp_path):
     """Two gloo processes at batch 1 and one process at batch 2 take the same optimizer steps at the same lrs."""
-    cache = tmp_path / "cache"
-    launch(f"CASES = {CASES!r}\n" + SCRIPT, tmp_path, cache=cache)
+    launch(f"CASES = {CASES!r}\n" + SCRIPT, tmp_path)
     ranks = [torch.load(tmp_path / f"steps{i}.pt") for i in (0, 1)]
     assert ranks[0]["world"] == 2 and ranks[0]["runs"] == ranks[1]["runs"]
     from branchlora.train import make_accelerator
 
-    scope = {"micro_base": micro_base, "cache": cache}
+    scope = {"micro_base": micro_base, "cache": None}  # the session's cache
     exec(RECORD, scope)  # the same recorder, here on one process
-    stream = toy_stream(tmp_path / "single", micro_base(cache)[1], n_train=13, n_test=1)
+    stream = toy_stream(tmp_path / "single", micro_base()[1], n_train=13, n_test=1)
     for (accum, epochs), (steps, lrs) in zip(CASES, ranks[0]["runs"], strict=True):
         config = TrainConfig(batch_size=2, grad_accum=accum, epochs=epochs, warmup_ratio=0.3, lr=1e-3)
         accelerator = make_accelerator(config, cpu=True)
