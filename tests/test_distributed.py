@@ -12,9 +12,11 @@ import torch
 
 import branchlora
 from branchlora.data.benchmark import default_cache_dir
+from branchlora.methods.task_keys import TaskKeys
 
 from engine_support import micro_base
 
+KEY_LR = TaskKeys().lr  # the keys' learning rate, as BranchLoRA trains them
 # The scenario as a function, run on two ranks at batch 2 and on one process at batch 4 (the same items per step).
 TRAIN_COLOUR = textwrap.dedent(
     """
@@ -33,6 +35,13 @@ TRAIN_COLOUR = textwrap.dedent(
         method = get_method("branchlora")({**ADAPTER, "dropout": 0.0})  # masks would be drawn per process
         torch.manual_seed(0)  # the adapters' initial values, whatever ran before in this process
         method.setup(model)
+        seen, align = [], method.keys.add_align_loss
+
+        def record(model, ctx):  # the keys each step starts from (the first: as initialised from the data)
+            align(model, ctx)
+            seen.append([k.detach().clone() for k in method.keys._new])
+
+        method.keys.add_align_loss = record
         before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
         train_task(model, method, Task(0, "colour"), stream.train[0], stream.collator.train_batch, config,
                    accelerator)
@@ -41,7 +50,7 @@ TRAIN_COLOUR = textwrap.dedent(
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         frozen = [layer.frozen for _, layer in adapter_layers(model)]
         return {"world": accelerator.num_processes, "rank": accelerator.process_index, "params": trained,
-                "names": names, "frozen": frozen, "keys": method.key_img + method.key_txt}
+                "names": names, "frozen": frozen, "keys": method.key_img + method.key_txt, "steps": seen}
     """
 )
 SCRIPT = TRAIN_COLOUR + textwrap.dedent(
@@ -84,9 +93,11 @@ def ranks(tmp_path_factory) -> Path:
 
 def test_two_process_ddp_keeps_ranks_equal_and_steps_as_one_process(ranks, tmp_path):
     """Both ranks end task 0 with the same parameters, frozen branches and keys, and with the parameters and frozen
-    branches of one process trained at twice the per-process batch (the same items per optimizer step). The keys
-    are not compared with one process: each rank starts its keys at its own first batch, trains them on its own
-    shard (their gradients are not averaged per step) and the ranks average them at the task's end."""
+    branches of one process trained at twice the per-process batch (the same items per optimizer
+    step). The task keys start from the prototype of every process's first batch (as one process's) and their
+    gradients are averaged over the processes at each step, as DDP averages the model's; they start at the
+    optimum of their loss, where the gradient is rounding noise and Adam still steps by its lr, so they are held
+    to within the steps Adam can take (2 x lr x steps apart), not to the last digit."""
     rank0, rank1 = (torch.load(ranks / f"rank{i}.pt") for i in (0, 1))
     assert rank0["world"] == rank1["world"] == 2
     for name, a, b in zip(rank0["names"], rank0["params"], rank1["params"], strict=True):
@@ -100,6 +111,12 @@ def test_two_process_ddp_keeps_ranks_equal_and_steps_as_one_process(ranks, tmp_p
     assert one["world"] == 1 and one["names"] == rank0["names"] and one["frozen"] == rank0["frozen"]
     for name, a, b in zip(one["names"], one["params"], rank0["params"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    for a, b in zip(one["keys"], rank0["keys"], strict=True):
+        assert (a - b).abs().max() <= 2 * KEY_LR * 3 + 1e-6  # 3 steps at the keys' lr
+    for k0, k1 in zip(rank0["steps"], rank1["steps"], strict=True):  # averaged gradients: equal at every step
+        assert all(torch.equal(a, b) for a, b in zip(k0, k1, strict=True))
+    for a, b in zip(one["steps"][0], rank0["steps"][0], strict=True):  # the prototype of all first batches
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 SHARDED = textwrap.dedent(

@@ -11,6 +11,8 @@ mean of the normalised embeddings, which is the optimum of that same loss when t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +52,12 @@ def align_loss(e: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(e, key.unsqueeze(0), dim=-1)).sum()
 
 
-def prototype(embeddings: torch.Tensor) -> torch.Tensor:
-    """(n, d) -> (d,): the normalised mean of the normalised embeddings (the optimum of align_loss)."""
-    return F.normalize(F.normalize(embeddings, dim=-1).mean(dim=0), dim=0)
+def prototype(embeddings: torch.Tensor, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """(n, d) -> (d,): the normalised mean of the normalised embeddings (the optimum of align_loss).
+
+    `total` sums the per-process sums (sharding.process_sum), so that processes holding shards of the data agree
+    on the prototype of all of it; the normalisation makes a sum as good as a mean."""
+    return F.normalize(total(F.normalize(embeddings, dim=-1).sum(dim=0)), dim=0)
 
 
 def confusion(true: list[int], chosen: list[int], n_tasks: int) -> list[list[int]]:

@@ -73,6 +73,16 @@ def check_replicated(model: nn.Module) -> None:
 
 
 @torch.no_grad()
+def process_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of `tensor` over the processes (itself on one process): statistics that must be the same on
+    every process and equal to one process's over all the data, e.g. a prototype's sum of embeddings."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
 def average_gradients(params: list[nn.Parameter]) -> None:
     """Each gradient becomes its mean over the processes, in one all-reduce; a parameter that got no gradient
     on any process keeps none (as DDP with unused parameters leaves it, so the optimizer skips it)."""

@@ -339,6 +339,9 @@ def train_task(
     task_ids = method.train_task_ids(task)
     # Clip the model's gradients only: they are the ones DDP keeps equal on every process.
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # What trains beside the model (a method's task keys) is not in DDP's wrapper: its gradients are averaged
+    # over the processes here, as DDP averages the model's, so every process keeps the same keys.
+    beside = [p for g in method.param_groups(config.lr) for p in g["params"]] if accelerator.num_processes > 1 else []
     step, skip, last = 0, 0, {}
     if resumed is not None:
         optimizer.load_state_dict(resumed.optimizer)
@@ -361,8 +364,8 @@ def train_task(
                 method.extra_loss(model, ctx)
                 loss = sum(ctx.losses.values())
                 accelerator.backward(loss)
-                if sharded and accelerator.sync_gradients:
-                    average_gradients(trainable)  # what DDP's wrapper does for the unsharded loop
+                if accelerator.sync_gradients and (sharded or beside):
+                    average_gradients((trainable if sharded else []) + beside)  # what DDP's wrapper does for the model
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]  # the adapters' lr for this step (a float: no sync)

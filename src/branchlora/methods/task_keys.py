@@ -15,6 +15,7 @@ from torch import nn
 from branchlora.methods.base import Method, StepContext, TaskRun
 from branchlora.models.family import require_family
 from branchlora.selector import align_loss, embed, prototype, select_task, similarity
+from branchlora.sharding import process_sum
 
 KEY_MODES = ("loss", "prototype")
 IDENTITIES = ("select", "oracle")  # test-time task: chosen by the keys, or the true one
@@ -56,8 +57,8 @@ class TaskKeys:
         k_img, k_txt = self._new
         if self._unset:  # start at the first batch's prototype: a random start of the scale Adam steps at drifts
             with torch.no_grad():  # towards sign(e) and does not reach the optimum in a task's few steps
-                k_img.copy_(prototype(e_img))
-                k_txt.copy_(prototype(e_txt))
+                k_img.copy_(prototype(e_img, process_sum))  # every process starts from the same keys
+                k_txt.copy_(prototype(e_txt, process_sum))
             self._unset = False
         ctx.add_loss("align", self.align_weight * (align_loss(e_img, k_img) + align_loss(e_txt, k_txt)))
 
@@ -69,8 +70,8 @@ class TaskKeys:
         else:
             batches = islice(run.batches(), max_batches) if max_batches else run.batches()
             seen = [embed(model, batch) for batch in batches]
-            k_img = prototype(torch.cat([e[0] for e in seen]))
-            k_txt = prototype(torch.cat([e[1] for e in seen]))
+            k_img = prototype(torch.cat([e[0] for e in seen]), process_sum)
+            k_txt = prototype(torch.cat([e[1] for e in seen]), process_sum)
         self.key_img.append(run.mean(k_img))  # processes saw different shards: agree on one key
         self.key_txt.append(run.mean(k_txt))
         self._new = None
