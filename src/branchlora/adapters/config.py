@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from branchlora.typed import check_fields
@@ -62,6 +63,7 @@ class AdapterConfig:
             raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        _check_pattern(self.targets)
 
     @property
     def scale(self) -> float:
@@ -77,3 +79,12 @@ class AdapterConfig:
         if unknown:
             raise ValueError(f"unknown adapter config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**data)
+
+
+def _check_pattern(targets: str | list[str]) -> None:
+    """A regex in `targets` compiles now, so a typo fails with the config rather than when the model is wrapped."""
+    if isinstance(targets, str) and targets not in PRESETS:
+        try:
+            re.compile(targets)
+        except re.error as err:
+            raise ValueError(f"targets {targets!r} is not a valid regular expression ({err})") from None
