@@ -18,6 +18,7 @@ from torch import nn
 
 from branchlora import __version__
 from branchlora.adapters import tunable_count
+from branchlora.adapters.inject import check_rank, find_targets
 from branchlora.config import RunConfig, to_dict
 from branchlora.continual import StreamData, require_same_run, run_method
 from branchlora.data.benchmark import Benchmark, load_benchmark
@@ -135,6 +136,7 @@ def run_experiment(
     orders = task_orders(config, bench)
     if resume:
         check_resumable(config, bench, orders)
+    check_ranks(config, meta_model_factory(config)())
     if not main:
         return _run(config, bench, orders, cpu, resume, console)
     with claimed(Path(config.out), overwrite=overwrite, config={**to_dict(config), "orders": orders}):
@@ -209,6 +211,7 @@ def plan_experiment(
         check_resumable(config, bench, orders)
     names = list(dict.fromkeys(name for order in orders for name in order))
     make_model = meta_model_factory(config)
+    check_ranks(config, make_model())
     collator = make_collator(load_processor(config.base, config.base_options, config.model), make_model().config,
                              config.model)  # fmt: skip
     longest = longest_sequences(bench, names, collator)
@@ -270,6 +273,16 @@ def meta_model_factory(config: RunConfig) -> Callable[[], nn.Module]:
                          f"config.json, nor a model in the local Hugging Face cache{offline} ({type(err).__name__})"
                          ) from None  # fmt: skip
     return lambda: _on_meta(lambda: AutoModelForImageTextToText.from_config(model_config))
+
+
+def check_ranks(config: RunConfig, model: nn.Module) -> None:
+    """Each method's adapter.r against the widths of the layers it wraps on this (weightless) base."""
+    for name in config.methods:
+        adapter = get_method(name)(config.adapter, config.method_options.get(name)).adapter
+        try:
+            check_rank(model, find_targets(model, adapter.targets), adapter.r)
+        except ValueError as err:
+            raise ValueError(f"method {name}: {err}") from None
 
 
 def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:

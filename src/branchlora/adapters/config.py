@@ -30,7 +30,7 @@ class AdapterConfig:
     r: int = field(default=128, metadata={"help": "total rank (split over the N branches / E experts)"})
     alpha: float = field(default=256.0, metadata={"help": "scale numerator: s = alpha / r"})
     dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter's input"})
-    n_branches: int = field(default=8, metadata={"help": "N branches (branchlora, hydralora) or E experts"})
+    n_branches: int = field(default=8, metadata={"help": "N branches (branchlora, hydralora) or E experts", "min": 1})
     top_k: int = field(default=2, metadata={"help": "branches used per routing decision (branchlora)"})
     routing: str = field(
         default="first",
