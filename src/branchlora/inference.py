@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from branchlora.adapters import routing_context
 from branchlora.batch import model_inputs
 from branchlora.continual import StreamData, evaluate_all, latest_checkpoint, load_checkpoint, read_state
-from branchlora.data.benchmark import TestExample
+from branchlora.data.benchmark import TestExample, strip_marker
 from branchlora.data.collate import Collator
 from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.files import CheckpointError, require
@@ -78,10 +78,15 @@ def learned_tasks(state: dict, method: Method, path: Path) -> list[str]:
 @torch.no_grad()
 def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, max_new_tokens: int = 32) -> dict:
     """The answer to one question; which task router served it, chosen by the selector unless `task` is given."""
-    example = TestExample("predict", Path(image), prompt, "", where=f"--image {image} with --prompt")
+    example = TestExample(
+        "predict", Path(image), prompt_text(prompt), "", where=f"--image {str(image)!r} with --prompt"
+    )
     batch = loaded.collator.prompt_batch([example])
     index = _task_index(loaded, task) if task else len(loaded.tasks) - 1
     task_ids = loaded.method.eval_task_ids(loaded.model, batch, Task(index, task or ""), oracle=task is not None)
+    if task and task_ids is None:  # the method serves every task with one adapter: say so, do not pretend
+        raise ValueError(f"--task {task!r}: method {loaded.method.name} has no task routers (one adapter serves "
+                         "every task), so choosing a task changes nothing; leave --task out")  # fmt: skip
     scores = None if task else loaded.method.task_similarity(loaded.model, batch)
     rows = partial(sample_rows, loaded.model, batch)
     device = loaded.model.device.type
@@ -100,6 +105,16 @@ def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, m
     if scores is not None:
         result["similarity"] = {names[t]: round(float(s), 4) for t, s in enumerate(scores[0]) if t < len(names)}
     return result
+
+
+def prompt_text(prompt: str) -> str:
+    """The instruction as a benchmark item holds it: LLaVA's "<image>" marker removed (a prompt copied from a CoIN
+    file carries it, and the collator places the image itself: a second marker would ask for a second image)."""
+    text = strip_marker(prompt)
+    if not text:
+        what = "is empty" if not prompt.strip() else f"{prompt!r} holds nothing besides the <image> marker"
+        raise ValueError(f"--prompt {what}: give the instruction to answer")
+    return text
 
 
 def _task_index(loaded: Loaded, task: str) -> int:
