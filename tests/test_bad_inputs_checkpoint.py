@@ -1,8 +1,11 @@
 """Bad inputs around checkpoints, `predict`, `evaluate` and training: each is one line naming the file, field
 or value, exit status 2, and never a traceback (the checkpoint / inference / NaN part of the catalogue)."""
 
+import errno
 import json
+import os
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,9 +13,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from branchlora.atomic import WriteError, write_json
 from branchlora.cli import app
-from branchlora.continual import run_method
+from branchlora.continual import MethodResult, run_method, save_checkpoint
 from branchlora.evaluation.evaluate import EvalConfig
+from branchlora.inference import load_trained, predict
 from branchlora.methods import get_method
 from branchlora.train import TrainConfig
 
@@ -90,11 +95,11 @@ CORRUPTIONS = {
     "method.pt garbage": ("method.pt", garbage, "is not a readable torch file"),
     "method.pt truncated": ("method.pt", truncate, "is not a readable torch file"),
     "method.pt other state": ("method.pt", lambda p: torch.save({"x": 1}, p), "not the state of method 'branchlora'"),
-    "method.pt missing": ("method.pt", lambda p: p.unlink(), "method.pt is missing"),
+    "method.pt missing": ("method.pt", lambda p: p.unlink(), "method.pt' is missing"),
     "projector.safetensors wrong shape": (
         "projector.safetensors", lambda p: edit_tensors(p, first_key_reshaped), "but the model expects"
     ),
-    "projector.safetensors missing": ("projector.safetensors", lambda p: p.unlink(), "safetensors is missing"),
+    "projector.safetensors missing": ("projector.safetensors", lambda p: p.unlink(), "safetensors' is missing"),
     "state.json not JSON": ("state.json", truncate, "is not valid JSON"),
     "state.json a list": ("state.json", lambda p: p.write_text("[1, 2]"), "expected a JSON object, got list"),
     "state.json without method": (
@@ -131,14 +136,14 @@ def test_corrupt_checkpoint_file_is_one_line_naming_it(saved, tmp_path, case):
 
 def test_checkpoint_path_that_does_not_exist(saved, tmp_path):
     root, _, image = saved
-    refused(predict_with(root, tmp_path / "nowhere", image), "nowhere is not a checkpoint")
+    refused(predict_with(root, tmp_path / "nowhere", image), "nowhere' is not a checkpoint")
 
 
 def test_folder_without_task_checkpoints(saved, tmp_path):
     root, _, image = saved
     (tmp_path / "empty").mkdir()
     out = cli(root, "evaluate", "--checkpoint", tmp_path / "empty", "--benchmark", "minicoin")
-    refused(out, "empty is not a checkpoint", "task-XX")
+    refused(out, "empty' is not a checkpoint", "task-XX")
 
 
 def test_predict_with_a_missing_image(saved, tmp_path):
@@ -164,6 +169,58 @@ def test_predict_with_an_empty_prompt(saved):
     refused(out, "--prompt is empty")
 
 
+def test_predict_strips_the_image_marker_a_copied_coin_prompt_carries(saved):
+    """CoIN's files hold "<image>\\n" before the question; the collator places the image itself, so the marker goes
+    (as the benchmark reader drops it) and the answer is the one to the bare question."""
+    root, checkpoint, image = saved
+    plain, marked = predict_with(root, checkpoint, image), cli(root, "predict", "--checkpoint", checkpoint, "--image",
+                                                                image, "--prompt", "<image>\nWhat colour?")  # fmt: skip
+    assert plain.exit_code == marked.exit_code == 0, marked.output
+    answer = marked.output[marked.output.index("answer:") :]  # after the weight-loading progress bar
+    assert answer == plain.output[plain.output.index("answer:") :] and "task: colour" in answer
+    out = cli(root, "predict", "--checkpoint", checkpoint, "--image", image, "--prompt", "<image>")
+    refused(out, "--prompt '<image>' holds nothing besides the <image> marker")
+
+
+def test_predict_task_on_a_method_without_task_routers_is_refused(saved):
+    """LoRA serves every task with one adapter: --task would change nothing, so it is refused, not ignored."""
+    _, checkpoint, image = saved
+    loaded = replace(load_trained(checkpoint), method=get_method("lora")(ADAPTER))
+    with pytest.raises(ValueError, match="--task 'colour': method lora has no task routers"):
+        predict(loaded, image, "What colour?", task="colour")
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_complete_one(saved, tmp_path, monkeypatch):
+    root, checkpoint, _ = saved
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    done = sorted(p.name for p in out.glob("task-*"))  # the toy stream's three tasks: task-00 .. task-02
+    before = (out / done[-1] / "state.json").read_bytes()
+    loaded = load_trained(checkpoint)
+    monkeypatch.setattr("branchlora.continual.write_json", full_disk)
+    with pytest.raises(WriteError) as caught:
+        save_checkpoint(out, len(done), loaded.model, loaded.method, MethodResult(), {})
+    assert str(caught.value) == (f"cannot write the checkpoint {str(out / f'task-{len(done):02d}')!r}: No space left "
+                                 f"on device; the last complete one, {str(out / done[-1])!r}, is kept: free space, "
+                                 "then continue with --resume")  # fmt: skip
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith((".tmp", "task"))) == done
+    assert (out / done[-1] / "state.json").read_bytes() == before
+
+
+def test_a_full_disk_while_writing_results_keeps_the_earlier_file(tmp_path, monkeypatch):
+    write_json(tmp_path / "results.json", {"acc": 1})
+    monkeypatch.setattr("pathlib.Path.write_text", full_disk)
+    with pytest.raises(WriteError, match=r"results.json': No space left on device; the earlier file is kept$"):
+        write_json(tmp_path / "results.json", {"acc": 2})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "results.json").read_text()) == {"acc": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left beside it
+
+
 def test_evaluate_with_a_negative_limit(saved):
     root, checkpoint, _ = saved
     out = cli(root, "evaluate", "--checkpoint", checkpoint, "--benchmark", "minicoin", "--limit", "-1")
@@ -182,7 +239,7 @@ def test_checkpoint_whose_base_is_an_offline_hub_id(saved, tmp_path):
     shutil.copytree(checkpoint, copy)
     edit_json(copy / "state.json", lambda d: d.update(base="llava-hf/llava-1.5-7b-hf"))
     out = predict_with(root, copy, image)
-    refused(out, f"{copy / 'state.json'}: base 'llava-hf/llava-1.5-7b-hf'", "is not a local folder",
+    refused(out, f"{str(copy / 'state.json')!r}: base 'llava-hf/llava-1.5-7b-hf'", "is not a local folder",
                           "offline mode")  # fmt: skip
 
 
@@ -218,7 +275,7 @@ def micro_run(root, tmp_path, *overrides, lr=2e-4):
 def test_run_with_an_offline_hub_base(saved, tmp_path):
     root, _, _ = saved
     out = micro_run(root, tmp_path, "base=llava-hf/llava-1.5-7b-hf", "base_options={}")
-    refused(out, "base 'llava-hf/llava-1.5-7b-hf': is not a local folder", "offline mode")
+    refused(out, "base 'llava-hf/llava-1.5-7b-hf': its config is not available", "HF_HUB_OFFLINE is set")
 
 
 def test_a_diverging_run_stops_with_one_line_and_exit_2(saved, tmp_path):

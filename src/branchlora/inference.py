@@ -41,7 +41,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir() and (last := latest_checkpoint(path)) is not None:
         return last
     raise FileNotFoundError(
-        f"{path} is not a checkpoint: expected a folder with state.json (e.g. runs/default/branchlora/task-07) "
+        f"{str(path)!r} is not a checkpoint: expected a folder with state.json (e.g. runs/default/branchlora/task-07) "
         "or a method folder holding task-XX checkpoints"
     )
 
@@ -58,7 +58,7 @@ def load_trained(path: str | Path) -> Loaded:
         model, processor = load_base_from(state.get("base", "tiny"), state.get("base_options"), model=options,
                                           dtype=run_dtype(mixed))  # fmt: skip
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{folder / 'state.json'}: {err}") from None
+        raise CheckpointError(f"{str(folder / 'state.json')!r}: {err}") from None
     learned = learned_tasks(state, method, folder / "state.json")
     method.setup(model)
     load_checkpoint(folder, model, method)
@@ -71,7 +71,7 @@ def learned_tasks(state: dict, method: Method, path: Path) -> list[str]:
     which a checkpoint after task i has learned the first i + 1 (a joint method: all of them at once)."""
     tasks, index = require(state, "tasks", list, path), state["task_index"]
     if len(tasks) <= index or not all(isinstance(t, str) for t in tasks):
-        raise CheckpointError(f"{path}: field 'tasks' {tasks!r} is not a list of task names up to task {index}")
+        raise CheckpointError(f"{str(path)!r}: field 'tasks' {tasks!r} is not a list of task names up to task {index}")
     return tasks if method.joint else tasks[: index + 1]
 
 
