@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
+from branchlora.adapters.inject import rank_note
 from branchlora.cli import app
 from branchlora.config import load_config, parse_override, to_dict
 from branchlora.data.benchmark import load_benchmark
 from branchlora.experiment import content_hashes, run_identity
 from branchlora.rundir import LOCK
+
+from cli_support import refused as refused_output
 
 runner = CliRunner()
 # A small minicoin, so that the cases which get as far as the benchmark stay fast.
@@ -30,13 +34,7 @@ def invoke(args: list[str], cache: Path):
 
 
 def refused(args: list[str], cache: Path, *needles: str) -> str:
-    out = invoke(args, cache)
-    text = " ".join(out.output.split())  # rich wraps long lines at the terminal's width
-    assert out.exit_code == 2, out.output
-    assert "Traceback" not in out.output and out.output.count("error:") == 1, out.output
-    for needle in needles:
-        assert needle in text, out.output
-    return text
+    return refused_output(invoke(args, cache), *needles)
 
 
 def accepted(args: list[str], cache: Path) -> str:
@@ -66,6 +64,10 @@ def accepted(args: list[str], cache: Path) -> str:
         (["--set", "benchmark_options.train_size=0"], ["benchmark_options.train_size", "got 0"]),
         (["--set", "train.lr"], ["--set 'train.lr'", "section.key=value"]),
         (["--resume", "--overwrite", "--dry-run"], ["give one of them"]),
+        (["--set", "adapter.targets=(q_proj"], ["adapter (method lora): targets '(q_proj'", "not a valid regular"]),
+        (["--set", "adapter.n_branches=0", "--methods", "branchlora"], ["n_branches: must be >= 1, got 0"]),
+        (["--seed", "4294967"], ["seeds[0]: must be <= 4294966, got 4294967"]),  # numpy: seed * 1000 + task < 2**32
+        (["--set", "base_options.seed=18446744073709551616"], ["base_options.seed: must be <= 18446744073709551615"]),
     ],
 )
 def test_bad_values(args, needles, cache, tmp_path):
@@ -145,7 +147,7 @@ def test_a_previous_run_in_out_needs_resume_or_overwrite(cache, tmp_path):
     out = tmp_path / "out"
     (out / "lora" / "task-00").mkdir(parents=True)
     (out / "results.json").write_text("{}")
-    refused(["--out", str(out)], cache, f"--out {out} is not empty", "--resume", "--overwrite")
+    refused(["--out", str(out)], cache, f"--out {str(out)!r} is not empty", "--resume", "--overwrite")
     assert (out / "results.json").exists()
 
 
@@ -226,3 +228,57 @@ def test_dry_run_opens_every_image(cache, tmp_path):
     bench = one_task_benchmark(tmp_path)
     refused(["--benchmark", str(bench), "--dry-run", "--out", str(tmp_path / "o")], cache,
             str(tmp_path / "broken.png"), "cannot read image")  # fmt: skip
+
+
+def test_an_adapter_rank_above_a_target_width_is_noted_in_the_dry_run(cache, tmp_path):
+    """The tiny base's LM is 192 wide: r=256 can only cost memory.  A note, not a refusal: the README's shape
+    stand-ins run a 7B config's r=128 on a 64-wide LLaVA on purpose."""
+    text = accepted([*SMALL, "--dry-run", "--set", "adapter.r=256", "--out", str(tmp_path / "o")], cache)
+    assert ("note: method lora: adapter.r=256 is more than target 'model.language_model.layers.0.self_attn.q_proj' "
+            "(192 -> 192) can use: its update has rank at most 192") in text  # fmt: skip
+    assert "note:" not in accepted([*SMALL, "--dry-run", "--set", "adapter.r=192", "--out", str(tmp_path / "o")], cache)
+
+
+def test_rank_note_names_the_narrowest_target():
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 6))
+    assert rank_note(model, ["0", "2"], 6) is None  # 6 fits both
+    assert rank_note(model, ["0", "2"], 7).startswith("adapter.r=7 is more than target '2' (10 -> 6) can use")
+
+
+@pytest.mark.parametrize("setting", ["file", "under a file"])
+def test_a_cache_that_cannot_be_a_folder_is_one_line(tmp_path, setting):
+    (tmp_path / "f").write_text("x")
+    cache = tmp_path / "f" if setting == "file" else tmp_path / "f" / "cache"
+    out = runner.invoke(app, ["run", *SMALL, "--dry-run", "--out", str(tmp_path / "o")],
+                        env={"BRANCHLORA_CACHE": str(cache)})  # fmt: skip
+    refused_output(out, f"BRANCHLORA_CACHE {str(cache)!r}", "is a file")
+
+
+def test_paths_in_errors_are_quoted_so_a_trailing_space_shows(cache, tmp_path):
+    (tmp_path / "results ").write_text("x")
+    refused(["--out", str(tmp_path / "results ")], cache, f"--out {str(tmp_path / 'results ')!r} is a file")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(b'"linears"', "expected a JSON object, got str"), (b'{"linears": 5}', "'linears' must map names to [d_in"),
+     (b'{"model_type": "lava"}', "model_type 'lava' is not one transformers"),
+     (b'{"model_type": "llava", "text_config": {"hidden_size": "abc"}}', "not a llava config transformers can read"),
+     (bytes(range(128, 256)), "is not valid JSON")],
+)  # fmt: skip
+def test_params_on_an_invalid_config_json(tmp_path, content, needle):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    out = runner.invoke(app, ["params", "--model", str(path), "--method", "lora"])
+    assert repr(str(path)) in refused_output(out, needle)
+
+
+def test_bench_with_negative_threads_is_a_usage_error():
+    refused_output(runner.invoke(app, ["bench", "--threads", "-1"]), "Invalid value for '--threads'")
+
+
+def test_pretrain_into_a_non_empty_folder_is_refused_before_the_build(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = runner.invoke(app, ["pretrain", "--quick", "--out", str(tmp_path)], env={"BRANCHLORA_CACHE": str(tmp_path)})
+    refused_output(out, f"folder {str(tmp_path)!r} is not empty")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from branchlora.cli import app
 from branchlora.data.benchmark import BenchmarkError, load_benchmark
 
+from cli_support import refused
+
 GOOD_TRAIN = {"id": 0, "image": "a.png", "conversations": [
     {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]}  # fmt: skip
 GOOD_TEST = {"question_id": 7, "image": "a.png", "text": "What colour?", "answer": "red"}
@@ -176,6 +178,5 @@ def test_cli_refuses_a_bad_benchmark_with_one_line(tmp_path, command, kwargs, me
     where = ["--out", str(tmp_path / "out")] if command == "run" else ["--checkpoint", str(tmp_path)]
     out = runner.invoke(app, [command, "--benchmark", str(path), *where],
                         env={"BRANCHLORA_CACHE": str(tmp_path / "cache"), "COLUMNS": "400"})  # fmt: skip
-    assert out.exit_code == 2, out.output
-    assert message in out.output and "Traceback" not in out.output, out.output
+    refused(out, message)
     assert not (tmp_path / "cache").exists()  # refused before any base was built

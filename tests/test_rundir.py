@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 
 import pytest
@@ -27,7 +28,7 @@ def test_overwrite_clears_the_previous_run_only_and_the_lock_is_released(tmp_pat
 def test_a_live_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_path):
     (tmp_path / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     with (
-        pytest.raises(ValueError, match=f"locked by {tmp_path / LOCK} \\(held by pid {os.getpid()}"),
+        pytest.raises(ValueError, match=re.escape(f"locked by {str(tmp_path / LOCK)!r} (held by pid {os.getpid()}")),
         claimed(tmp_path, overwrite=False, config={}),
     ):
         pass

@@ -28,7 +28,7 @@ from branchlora.models.pretrain import PretrainConfig
 from branchlora.models.tiny import TinyConfig
 from branchlora.replay import ReplayConfig
 from branchlora.tracking import resolve_trackers
-from branchlora.train import TrainConfig
+from branchlora.train import SEED_MAX, TrainConfig
 from branchlora.typed import ConfigError, build, check_fields, checked
 
 PRESETS = ("quick", "default")
@@ -43,7 +43,9 @@ OWNED = {"benchmark": ("benchmark_options", "orders"), "base": ("base_options",)
 class BaseOptions:
     """Options of the tiny base (`base: tiny`): its seed, sizes and pre-training recipe."""
 
-    seed: int = field(default=0, metadata={"help": "seed of the tokenizer, the initialisation and pre-training"})
+    seed: int = field(  # torch.manual_seed takes seeds below 2**64
+        default=0, metadata={"help": "seed of the tokenizer, the initialisation and pre-training", "max": 2**64 - 1}
+    )
     tiny: dict = field(default_factory=dict, metadata={"help": "sizes (TinyConfig)", "of": TinyConfig})
     pretraining: dict = field(default_factory=dict, metadata={"help": "recipe (PretrainConfig)", "of": PretrainConfig})
 
@@ -82,7 +84,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training (see train.*)"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation (see eval.*)"})
     replay: ReplayConfig = field(default_factory=ReplayConfig, metadata={"help": "experience replay (see replay.*)"})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "repeat the run for each seed", "min": 0})
+    seeds: list[int] = field(
+        default_factory=lambda: [0], metadata={"help": "repeat the run for each seed", "min": 0, "max": SEED_MAX}
+    )
     orders: list[list[str]] = field(
         default_factory=list, metadata={"help": "task orders to run (empty: the benchmark's order)"}
     )

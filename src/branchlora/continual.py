@@ -15,6 +15,7 @@ Each task reseeds from the run's seed, so a resumed run ends with the same matri
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
@@ -29,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from branchlora.adapters import load_adapters, save_adapters
-from branchlora.atomic import atomic_path, write_json
+from branchlora.atomic import WriteError, atomic_path, write_json
 from branchlora.evaluation.evaluate import EvalConfig, TaskScore, evaluate_task, prediction_records
 from branchlora.evaluation.metrics import all_metrics, upper_masked
 from branchlora.files import CheckpointError, JsonLines, check_tensors, read_json, read_tensors, read_torch, require
@@ -274,21 +275,43 @@ def save_checkpoint(
     name = f"task-{index:02d}" if loop is None else IN_TASK
     final, tmp = out_dir / name, out_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_checkpoint(tmp, index, model, method, result, info, loop)
+    except (OSError, WriteError) as err:  # a full disk: the half-written folder goes, the earlier ones stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_checkpoint(out_dir)
+        why = err.strerror if isinstance(err, OSError) else err.reason
+        then = (f"the last complete one, {str(kept)!r}, is kept: free space, then continue with --resume" if kept
+                else "there is no earlier one: free space, then run again")  # fmt: skip
+        raise WriteError(f"cannot write the checkpoint {str(final)!r}: {why}; {then}", why) from None
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def _write_checkpoint(
+    tmp: Path, index: int, model: nn.Module, method: Method, result: MethodResult, info: dict, loop: LoopState | None
+) -> None:
     tmp.mkdir(parents=True)
     save_adapters(model, tmp)
     proj = projector(model)
     if proj is not None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in proj.state_dict().items()}
         save_file(tensors, str(tmp / "projector.safetensors"))
-    torch.save(method.state_dict(), tmp / "method.pt")
+    _save_torch(method.state_dict(), tmp / "method.pt")
     state = {"method": method.name, "task_index": index, "adapter": method.adapter.to_dict(),
              "options": vars(method.options), "result": vars(result), **info}  # fmt: skip
     write_json(tmp / "state.json", state)
     if loop is not None:
-        torch.save(vars(loop), tmp / "loop.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+        _save_torch(vars(loop), tmp / "loop.pt")
+
+
+def _save_torch(obj: object, path: Path) -> None:
+    """torch.save through memory: a full disk is then an OSError naming its cause, not torch's RuntimeError
+    ("unexpected pos")."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def in_task_restore(out_dir: Path, index: int, model: nn.Module, method: Method) -> Callable[[], LoopState] | None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from branchlora import __version__
 from branchlora.adapters import tunable_count
+from branchlora.adapters.inject import find_targets, rank_note
 from branchlora.config import RunConfig, to_dict
 from branchlora.continual import StreamData, require_same_run, run_method
 from branchlora.data.benchmark import Benchmark, load_benchmark
@@ -137,6 +138,7 @@ def run_experiment(
         check_resumable(config, bench, orders)
     if not main:
         return _run(config, bench, orders, cpu, resume, console)
+    note_ranks(config, meta_model_factory(config)(), console)
     with claimed(Path(config.out), overwrite=overwrite, config={**to_dict(config), "orders": orders}):
         return _run(config, bench, orders, cpu, resume, console)
 
@@ -209,6 +211,7 @@ def plan_experiment(
         check_resumable(config, bench, orders)
     names = list(dict.fromkeys(name for order in orders for name in order))
     make_model = meta_model_factory(config)
+    note_ranks(config, make_model(), console)
     collator = make_collator(load_processor(config.base, config.base_options, config.model), make_model().config,
                              config.model)  # fmt: skip
     longest = longest_sequences(bench, names, collator)
@@ -270,6 +273,16 @@ def meta_model_factory(config: RunConfig) -> Callable[[], nn.Module]:
                          f"config.json, nor a model in the local Hugging Face cache{offline} ({type(err).__name__})"
                          ) from None  # fmt: skip
     return lambda: _on_meta(lambda: AutoModelForImageTextToText.from_config(model_config))
+
+
+def note_ranks(config: RunConfig, model: nn.Module, console: Console) -> None:
+    """Print a line for each method whose adapter.r exceeds a width of the layers it wraps on this (weightless)
+    base: before any work, in the dry run too."""
+    for name in config.methods:
+        adapter = get_method(name)(config.adapter, config.method_options.get(name)).adapter
+        note = rank_note(model, find_targets(model, adapter.targets), adapter.r)
+        if note:
+            console.print(f"note: method {name}: {note}", highlight=False)
 
 
 def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:

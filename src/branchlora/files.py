@@ -23,10 +23,10 @@ class CheckpointError(ValueError):
 
 def _exists(path: Path) -> None:
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
+        raise CheckpointError(f"{str(path)!r} is missing: the checkpoint is incomplete")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__
 
@@ -37,19 +37,19 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({_first_line(err)}): the file is corrupt") from None
+        raise CheckpointError(f"{str(path)!r} is not valid JSON ({first_line(err)}): the file is corrupt") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise CheckpointError(f"{str(path)!r}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
 def require(data: dict, key: str, kind: type | tuple[type, ...], path: Path) -> Any:
     """data[key], which must exist and be of `kind`."""
     if key not in data:
-        raise CheckpointError(f"{path}: field {key!r} is missing")
+        raise CheckpointError(f"{str(path)!r}: field {key!r} is missing")
     if not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool)):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise CheckpointError(f"{path}: field {key!r} must be {names}, got {data[key]!r}")
+        raise CheckpointError(f"{str(path)!r}: field {key!r} must be {names}, got {data[key]!r}")
     return data[key]
 
 
@@ -59,7 +59,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(err)})") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({first_line(err)})") from None
 
 
 def read_torch(path: Path) -> Any:
@@ -68,7 +68,7 @@ def read_torch(path: Path) -> Any:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{path} is not a readable torch file ({_first_line(err)})") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable torch file ({first_line(err)})") from None
 
 
 def check_tensors(path: Path, saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
@@ -76,10 +76,10 @@ def check_tensors(path: Path, saved: dict[str, torch.Tensor], expected: dict[str
     for key, want in expected.items():
         got = saved.get(key)
         if got is None:
-            raise CheckpointError(f"{path}: tensor {key} is missing")
+            raise CheckpointError(f"{str(path)!r}: tensor {key} is missing")
         if got.shape != want.shape:
             raise CheckpointError(
-                f"{path}: {key} has shape {tuple(got.shape)} but the model expects {tuple(want.shape)} "
+                f"{str(path)!r}: {key} has shape {tuple(got.shape)} but the model expects {tuple(want.shape)} "
                 "(saved for another model or hyper-parameters?)"
             )
 

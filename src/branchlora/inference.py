@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from branchlora.adapters import routing_context
 from branchlora.batch import model_inputs
 from branchlora.continual import StreamData, evaluate_all, latest_checkpoint, load_checkpoint, read_state
-from branchlora.data.benchmark import TestExample
+from branchlora.data.benchmark import TestExample, strip_marker
 from branchlora.data.collate import Collator
 from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.files import CheckpointError, require
@@ -41,7 +41,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir() and (last := latest_checkpoint(path)) is not None:
         return last
     raise FileNotFoundError(
-        f"{path} is not a checkpoint: expected a folder with state.json (e.g. runs/default/branchlora/task-07) "
+        f"{str(path)!r} is not a checkpoint: expected a folder with state.json (e.g. runs/default/branchlora/task-07) "
         "or a method folder holding task-XX checkpoints"
     )
 
@@ -58,7 +58,7 @@ def load_trained(path: str | Path) -> Loaded:
         model, processor = load_base_from(state.get("base", "tiny"), state.get("base_options"), model=options,
                                           dtype=run_dtype(mixed))  # fmt: skip
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{folder / 'state.json'}: {err}") from None
+        raise CheckpointError(f"{str(folder / 'state.json')!r}: {err}") from None
     learned = learned_tasks(state, method, folder / "state.json")
     method.setup(model)
     load_checkpoint(folder, model, method)
@@ -71,17 +71,22 @@ def learned_tasks(state: dict, method: Method, path: Path) -> list[str]:
     which a checkpoint after task i has learned the first i + 1 (a joint method: all of them at once)."""
     tasks, index = require(state, "tasks", list, path), state["task_index"]
     if len(tasks) <= index or not all(isinstance(t, str) for t in tasks):
-        raise CheckpointError(f"{path}: field 'tasks' {tasks!r} is not a list of task names up to task {index}")
+        raise CheckpointError(f"{str(path)!r}: field 'tasks' {tasks!r} is not a list of task names up to task {index}")
     return tasks if method.joint else tasks[: index + 1]
 
 
 @torch.no_grad()
 def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, max_new_tokens: int = 32) -> dict:
     """The answer to one question; which task router served it, chosen by the selector unless `task` is given."""
-    example = TestExample("predict", Path(image), prompt, "", where=f"--image {image} with --prompt")
+    example = TestExample(
+        "predict", Path(image), prompt_text(prompt), "", where=f"--image {str(image)!r} with --prompt"
+    )
     batch = loaded.collator.prompt_batch([example])
     index = _task_index(loaded, task) if task else len(loaded.tasks) - 1
     task_ids = loaded.method.eval_task_ids(loaded.model, batch, Task(index, task or ""), oracle=task is not None)
+    if task and task_ids is None:  # the method serves every task with one adapter: say so, do not pretend
+        raise ValueError(f"--task {task!r}: method {loaded.method.name} has no task routers (one adapter serves "
+                         "every task), so choosing a task changes nothing; leave --task out")  # fmt: skip
     scores = None if task else loaded.method.task_similarity(loaded.model, batch)
     rows = partial(sample_rows, loaded.model, batch)
     device = loaded.model.device.type
@@ -100,6 +105,16 @@ def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, m
     if scores is not None:
         result["similarity"] = {names[t]: round(float(s), 4) for t, s in enumerate(scores[0]) if t < len(names)}
     return result
+
+
+def prompt_text(prompt: str) -> str:
+    """The instruction as a benchmark item holds it: LLaVA's "<image>" marker removed (a prompt copied from a CoIN
+    file carries it, and the collator places the image itself: a second marker would ask for a second image)."""
+    text = strip_marker(prompt)
+    if not text:
+        what = "is empty" if not prompt.strip() else f"{prompt!r} holds nothing besides the <image> marker"
+        raise ValueError(f"--prompt {what}: give the instruction to answer")
+    return text
 
 
 def _task_index(loaded: Loaded, task: str) -> int:

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from branchlora.atomic import check_writable
+
 LOCK = ".lock"
 MARKER = "run-config.json"  # written when a run starts: the full config and the task orders
 RUN_FILES = (MARKER, "results.json", "report.md", "plots", "logs")  # what a run writes beside its method folders
@@ -32,24 +34,19 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Fail with one line if `out` cannot be written or holds a run the user did not mention."""
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite clears it: give one of them")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
-    existing = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ValueError(f"--out {out}: {existing} is a file, so the folder cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: {existing} is not writable")
+    check_writable(out, "--out")
     held = holder(out)
     if held:
-        raise ValueError(f"--out {out} is locked by {out / LOCK} (held by {held}): another run is writing there")
+        raise ValueError(f"--out {str(out)!r} is locked by {str(out / LOCK)!r} (held by {held}): another run is "
+                         "writing there")  # fmt: skip
     contents = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
     if contents and not resume and not overwrite:
         shown = ", ".join(contents[:4]) + (", ..." if len(contents) > 4 else "")
-        raise ValueError(f"--out {out} is not empty ({shown}): pass --resume to continue the run there, "
+        raise ValueError(f"--out {str(out)!r} is not empty ({shown}): pass --resume to continue the run there, "
                          "--overwrite to replace it, or choose another folder")  # fmt: skip
     if contents and (overwrite or resume) and not holds_run(out):
         flag = "--overwrite clears" if overwrite else "--resume continues"
-        raise ValueError(f"--out {out} is not empty and holds no branchlora run: {flag} only a run's folder; "
+        raise ValueError(f"--out {str(out)!r} is not empty and holds no branchlora run: {flag} only a run's folder; "
                          "choose an empty or new folder")  # fmt: skip
 
 
@@ -60,7 +57,7 @@ def check_apart(out: Path, inputs: dict[str, Path]) -> None:
     for what, path in inputs.items():
         resolved = path.expanduser().resolve()
         if resolved == target or target in resolved.parents:
-            raise ValueError(f"--out {out} holds the {what} ({path}): a run writes its results there and "
+            raise ValueError(f"--out {str(out)!r} holds the {what} ({str(path)!r}): a run writes its results there and "
                              "--overwrite clears them; choose a folder outside the benchmark")  # fmt: skip
 
 
@@ -104,7 +101,7 @@ def claimed(out: Path, *, overwrite: bool, config: dict) -> Iterator[None]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--out {out}: cannot create the folder: {err.strerror}") from None
+        raise ValueError(f"--out {str(out)!r}: cannot create the folder: {err.strerror}") from None
     lock = out / LOCK
     _take_lock(lock)
     try:
@@ -125,12 +122,12 @@ def _take_lock(lock: Path) -> None:
         except FileExistsError:
             held = holder(lock.parent)
             if held or attempt:
-                raise ValueError(f"--out {lock.parent} is locked by {lock} (held by {held}): another run is writing "
-                                 "there") from None  # fmt: skip
+                raise ValueError(f"--out {str(lock.parent)!r} is locked by {str(lock)!r} (held by {held}): another "
+                                 "run is writing there") from None  # fmt: skip
             lock.unlink(missing_ok=True)
             continue
         except OSError as err:
-            raise ValueError(f"--out {lock.parent} is not writable: {err.strerror}") from None
+            raise ValueError(f"--out {str(lock.parent)!r} is not writable: {err.strerror}") from None
         with os.fdopen(fd, "w") as f:
             json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
         return

@@ -40,6 +40,10 @@ HOW = ("gradient_checkpointing", "num_workers", "save_every", "keep")  # how a r
 LOSS_EVERY = 10  # optimizer steps between reads of the losses on the host
 
 
+# Task i reseeds numpy, torch and random with seed * 1000 + i, and numpy takes seeds below 2**32 (< 1000 tasks).
+SEED_MAX = (2**32 - 1000) // 1000
+
+
 @dataclass
 class TrainConfig:
     """How each task is trained (the CoIN recipe's defaults where they fit a tiny model)."""
@@ -56,7 +60,9 @@ class TrainConfig:
     mixed_precision: str = field(
         default="no", metadata={"help": "no, or bf16 (GPU; on CPU: torch's bf16 autocast)", "choices": PRECISIONS}
     )
-    seed: int = field(default=0, metadata={"help": "seed; each task reseeds from it, so resume is exact", "min": 0})
+    seed: int = field(
+        default=0, metadata={"help": "seed; each task reseeds from it, so resume is exact", "min": 0, "max": SEED_MAX}
+    )
     shard_frozen: bool = field(
         default=False, metadata={"help": "several processes: shard the frozen base (FSDP2), adapters stay whole"}
     )

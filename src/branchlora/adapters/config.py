@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from branchlora.typed import check_fields
@@ -29,7 +30,7 @@ class AdapterConfig:
     r: int = field(default=128, metadata={"help": "total rank (split over the N branches / E experts)"})
     alpha: float = field(default=256.0, metadata={"help": "scale numerator: s = alpha / r"})
     dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter's input"})
-    n_branches: int = field(default=8, metadata={"help": "N branches (branchlora, hydralora) or E experts"})
+    n_branches: int = field(default=8, metadata={"help": "N branches (branchlora, hydralora) or E experts", "min": 1})
     top_k: int = field(default=2, metadata={"help": "branches used per routing decision (branchlora)"})
     routing: str = field(
         default="first",
@@ -62,6 +63,7 @@ class AdapterConfig:
             raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        _check_pattern(self.targets)
 
     @property
     def scale(self) -> float:
@@ -77,3 +79,12 @@ class AdapterConfig:
         if unknown:
             raise ValueError(f"unknown adapter config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**data)
+
+
+def _check_pattern(targets: str | list[str]) -> None:
+    """A regex in `targets` compiles now, so a typo fails with the config rather than when the model is wrapped."""
+    if isinstance(targets, str) and targets not in PRESETS:
+        try:
+            re.compile(targets)
+        except re.error as err:
+            raise ValueError(f"targets {targets!r} is not a valid regular expression ({err})") from None

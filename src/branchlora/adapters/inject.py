@@ -53,6 +53,21 @@ def find_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
     return names
 
 
+def rank_note(model: nn.Module, names: list[str], r: int) -> str | None:
+    """What a rank above a target's width means, or None: that layer's update has rank at most min(d_in, d_out),
+    so the rest of r only costs memory.  A note, not a refusal: shape stand-ins of real models (a 64-wide LLaVA
+    under a 7B config's r=128) are built this way on purpose."""
+    narrowest = min(names, key=lambda n: min(model.get_submodule(n).in_features, model.get_submodule(n).out_features))
+    layer = model.get_submodule(narrowest)
+    width = min(layer.in_features, layer.out_features)
+    if r <= width:
+        return None
+    return (
+        f"adapter.r={r} is more than target {narrowest!r} ({layer.in_features} -> {layer.out_features}) can "
+        f"use: its update has rank at most {width}, the rest only costs memory"
+    )
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)

@@ -85,7 +85,9 @@ def bench(
     dtype: str = typer.Option("float32", help="float32 or bfloat16"),
     quick: bool = typer.Option(False, "--quick", help="small token counts and few repeats (under a minute)"),
     threads: int = typer.Option(
-        1, help="CPU threads for torch (0: torch's default, every core); 1 keeps ratios stable on a shared machine"
+        1,
+        min=0,
+        help="CPU threads for torch (0: torch's default, every core); 1 keeps ratios stable on a shared machine",
     ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     loop: bool = typer.Option(

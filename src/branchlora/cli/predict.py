@@ -20,10 +20,10 @@ def predict(
     """Print the answer, and the task the selector chose with its similarity scores."""
     console = Console()
     with user_errors():
-        if not prompt.strip():
-            raise ValueError("--prompt is empty: give the instruction to answer")
-        from branchlora.inference import load_trained
+        from branchlora.inference import load_trained, prompt_text
         from branchlora.inference import predict as run_predict
+
+        prompt_text(prompt)  # refused before the checkpoint loads
 
         result = run_predict(load_trained(checkpoint), image, prompt, task)
     console.print(f"[bold]answer:[/] {escape(result['answer'])}")  # a box answer is "[x1, y1, x2, y2]"

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from branchlora.atomic import check_writable
 from branchlora.evaluation.scorers import CORPUS_METRICS, check_metric
 
 BUILTIN = ("minicoin",)
@@ -116,8 +117,12 @@ class Benchmark:
 
 
 def default_cache_dir() -> Path:
-    """~/.cache/branchlora, or $BRANCHLORA_CACHE."""
-    return Path(os.environ.get("BRANCHLORA_CACHE") or Path.home() / ".cache" / "branchlora")
+    """~/.cache/branchlora, or $BRANCHLORA_CACHE; one that cannot be created or written is refused now, not when the
+    first file is written into it (an existing readable one is used as it is: a shared cache may be read-only)."""
+    folder = Path(os.environ.get("BRANCHLORA_CACHE") or Path.home() / ".cache" / "branchlora").expanduser()
+    if not (folder.is_dir() and os.access(folder, os.R_OK | os.X_OK)):
+        check_writable(folder, "BRANCHLORA_CACHE" if os.environ.get("BRANCHLORA_CACHE") else "the cache folder")
+    return folder
 
 
 def load_benchmark(

@@ -25,7 +25,7 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
-from branchlora.atomic import atomic_dir
+from branchlora.atomic import atomic_dir, check_free
 from branchlora.data.benchmark import default_cache_dir
 from branchlora.data.collate import Collator
 from branchlora.models.family import require_family
@@ -210,6 +210,7 @@ def build_tiny(
 ) -> None:
     """Train the tokenizer, build and pre-train the model (on `device`), and move the result into `folder`
     atomically."""
+    check_free(folder)  # before the build: minutes of work, then a rename that could not happen
     tokenizer = build_tokenizer(seed, pretraining, tiny.vocab_size, tiny.image_size)
     model, processor = build_model(tiny, tokenizer, seed=seed), build_processor(tiny, tokenizer)
     report = pretrain(model, processor, pretraining, seed=seed, progress=progress, device=device)

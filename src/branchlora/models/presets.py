@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from branchlora.files import first_line, read_json
+
 # LLaVA-1.5: CLIP ViT-L/14-336 + mlp2x_gelu projector + Vicuna (LLaMA) 7B / 13B.
 LLAVA_15 = {
     "llava-1.5-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "heads": 32},
@@ -65,21 +67,40 @@ def build_meta_model(spec: str) -> nn.Module:
             raise FileNotFoundError(
                 f"--model {spec!r} is neither a preset ({', '.join(preset_names())}) nor an existing config.json"
             )
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        data = read_json(path)
         if "linears" in data:
-            return LinearStack(data["linears"])
+            return LinearStack(_linears(path, data["linears"]))
         return _transformers_model(path, data)
 
 
-def _transformers_model(path: Path, data: dict) -> nn.Module:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+def _linears(path: Path, table: object) -> dict[str, list[int]]:
+    """The 'linears' table, checked: {name: [d_in, d_out]} with positive integer widths."""
 
-    if "model_type" not in data:
-        raise ValueError(f"{path}: neither a transformers config (no 'model_type') nor a 'linears' table")
-    config = AutoConfig.for_model(**{k: v for k, v in data.items() if not k.startswith("_")})
+    def width(d: object) -> bool:
+        return isinstance(d, int) and not isinstance(d, bool) and d >= 1
+
+    if not isinstance(table, dict) or not all(isinstance(v, list) and len(v) == 2 and all(map(width, v))
+                                              for v in table.values()):  # fmt: skip
+        raise ValueError(f"{str(path)!r}: 'linears' must map names to [d_in, d_out] (positive integers), got "
+                         f"{json.dumps(table)[:80]}")  # fmt: skip
+    return table
+
+
+def _transformers_model(path: Path, data: dict) -> nn.Module:
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import __version__ as version
+
+    kind = data.get("model_type")
+    if kind is None:
+        raise ValueError(f"{str(path)!r}: neither a transformers config (no 'model_type') nor a 'linears' table")
+    if not isinstance(kind, str) or kind not in CONFIG_MAPPING:
+        raise ValueError(f"{str(path)!r}: model_type {kind!r} is not one transformers {version} knows")
+    try:
+        config = AutoConfig.for_model(**{k: v for k, v in data.items() if not k.startswith("_")})
+    except (TypeError, ValueError, KeyError, AttributeError, StrictDataclassError) as err:  # a field's type or value
+        why = first_line(err.__cause__ or err)  # a strict dataclass's own first line names only the field
+        raise ValueError(f"{str(path)!r}: not a {kind} config transformers can read ({why})") from None
     for auto in (AutoModelForImageTextToText, AutoModelForCausalLM, AutoModel):
         try:
             return auto.from_config(config)
