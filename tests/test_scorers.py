@@ -6,7 +6,7 @@ import re
 import pytest
 
 from branchlora.data.benchmark import TestExample
-from branchlora.evaluation.scorers import CONTRACTIONS, SCORERS, normalize_vqa, parse_box, score
+from branchlora.evaluation.scorers import CONTRACTIONS, SCORERS, contains, normalize_vqa, parse_box, score
 
 
 def ex(answer, box=None) -> TestExample:
@@ -224,3 +224,8 @@ def test_vqa_soft_by_hand():
     assert score("vqa_soft", "50%", ex(["50 %"] * 10)) == 0.0
     assert score("vqa_soft", "50%", ex(["50%"] * 2 + ["fifty"] * 8)) == pytest.approx(0.6)
     assert len(CONTRACTIONS) == 120 and CONTRACTIONS["hadn'tve"] == "hadn't've"
+
+
+def test_a_prediction_empty_once_plain_is_never_contained():
+    example = TestExample("1", None, "What is it?", "circle")
+    assert [contains(p, example) for p in (".", " . ", "circle.", "a circle")] == [0.0, 0.0, 1.0, 1.0]
