@@ -111,7 +111,8 @@ def test_evaluating_the_last_checkpoint_reproduces_the_runs_last_row(finished_ru
     bench = load_benchmark("minicoin", cache_dir=root / "cache", train_size=8, test_size=3)  # the run's items
     scores = evaluate_checkpoint(load_trained(root / "out" / "lora"), bench, EvalConfig(batch_size=8, max_new_tokens=4))
     data = json.loads((root / "out" / "results.json").read_text())
-    assert list(scores["scores"].values()) == data["methods"]["lora"]["matrix"][-1]  # exactly
+    row = data["methods"]["lora"]["matrix"][-1]  # results.json keeps 4 decimals, evaluate prints 2
+    assert list(scores["scores"].values()) == [round(x, 2) for x in row]
 
 
 @pytest.mark.parametrize(

@@ -246,23 +246,21 @@ def bf16_accelerator():
     AcceleratorState._reset_state(True)
 
 
+# Found by the test below on a bf16 base, not yet diagnosed or fixed (src):
+OUTSIDE = "some Linears run outside autocast (the selector's or task keys' passes?)"
+BF16_BUGS = {
+    **dict.fromkeys(["branchlora", "lilora", "hide", "clmoe"], OUTSIDE),
+    "proglora": "RuntimeError: expected scalar type Float but found BFloat16",
+    "lwf": "float32 tensors among the frozen ones (the teacher's copy?)",
+}
+
+
 @pytest.mark.parametrize(
     "name",
-    [
-        "lora",
-        "moelora",
-        "hydralora",
-        "branchlora",
-        "lilora",
-        "proglora",
-        "ewc",
-        "lwf",
-        "olora",
-        "hide",
-        "sefe",
-        "clmoe",
-    ],
-)
+    [pytest.param(n, marks=pytest.mark.xfail(reason=BF16_BUGS[n], strict=True)) if n in BF16_BUGS else n
+     for n in ["lora", "moelora", "hydralora", "branchlora", "lilora", "proglora", "ewc", "lwf", "olora", "hide",
+               "sefe", "clmoe"]],
+)  # fmt: skip
 def test_every_method_trains_and_evaluates_under_bf16_autocast(base, tmp_path, name, bf16_accelerator):
     """`train.mixed_precision=bf16` (autocast; on a GPU in practice) on a base loaded in bf16: every Linear runs
     under autocast, in training, the methods' task-end passes and the selector's routing at test time; what
