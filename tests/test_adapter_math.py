@@ -8,14 +8,12 @@ from torch import nn
 
 from branchlora.adapters import AdapterConfig, BranchLoRA, HydraLoRA, LoRA, MoELoRA, routing_context
 
+from support import randomise
+
 
 def wrap(cls, d_in=12, d_out=10, **cfg):
     torch.manual_seed(0)
-    layer = cls(nn.Linear(d_in, d_out), AdapterConfig(kind=cls.kind, dropout=0.0, **cfg)).double()
-    with torch.no_grad():  # B starts at zero: give every adapter tensor random values to test the math
-        for p in layer.adapter_parameters().values():
-            p.normal_()
-    return layer
+    return randomise(cls(nn.Linear(d_in, d_out), AdapterConfig(kind=cls.kind, dropout=0.0, **cfg)).double())
 
 
 def reference_branchlora(layer, x, mask, routing, task_ids, xd=None):
@@ -178,7 +176,7 @@ def test_format_1_checkpoints_load(tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from branchlora.adapters import adapter_layers, inject_adapters, load_adapters, save_adapters
+    from branchlora.adapters import inject_adapters, load_adapters, save_adapters
 
     def model():
         torch.manual_seed(0)
@@ -186,10 +184,7 @@ def test_format_1_checkpoints_load(tmp_path):
 
     saved = model()
     inject_adapters(saved, AdapterConfig(kind="branchlora", r=8, n_branches=4, top_k=2, targets=".*"))
-    with torch.no_grad():
-        for _, layer in adapter_layers(saved):
-            for p in layer.adapter_parameters().values():
-                p.normal_()
+    randomise(saved)
     save_adapters(saved, tmp_path)
     tensors = load_file(str(tmp_path / "adapters.safetensors"))
     for key in [k for k in tensors if k.endswith(".lora_B")]:

@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from branchlora.cli import app
@@ -17,6 +16,7 @@ from branchlora.methods.seqft import SequentialLoRA
 from branchlora.report import training_table
 from branchlora.train import DivergedError, TrainConfig
 
+import support
 from engine_support import ADAPTER, LORA, MICRO, MICRO_PRETRAIN, TOY, fresh, micro_base, toy_stream
 
 runner = CliRunner()
@@ -38,23 +38,8 @@ def trained(tmp_path_factory):
 
 
 def write_benchmark(root, stream, names: list[str]):
-    """A benchmark YAML (CoIN's formats) over the toy images, with only `names`, in that order."""
-    folder = root / "-".join(names)
-    folder.mkdir(exist_ok=True)
-    tasks = []
-    for name in names:
-        test = stream.test[NAMES.index(name)]
-        items = [{"question_id": x.question_id, "image": str(x.image), "text": x.instruction, "answer": x.answer}
-                 for x in test]  # fmt: skip
-        turns = [[{"from": "human", "value": x.instruction}, {"from": "gpt", "value": x.answer}] for x in test]
-        train = [{"image": str(x.image), "conversations": t} for x, t in zip(test, turns, strict=True)]
-        (folder / f"{name}-test.json").write_text(json.dumps(items))
-        (folder / f"{name}-train.json").write_text(json.dumps(train))
-        tasks.append({"name": name, "train": f"{name}-train.json", "test": f"{name}-test.json",
-                      "metric": "exact_match"})  # fmt: skip
-    path = folder / "bench.yaml"
-    path.write_text(yaml.safe_dump({"name": "toy-subset", "image_root": "/", "tasks": tasks}))
-    return path
+    """A benchmark YAML over the toy test items of `names` only, in that order."""
+    return support.write_benchmark(root / "-".join(names), {n: stream.test[NAMES.index(n)] for n in names})
 
 
 def record_routing(loaded):

@@ -11,6 +11,10 @@ from typer.testing import CliRunner
 
 from branchlora.cli import app
 from branchlora.config import load_config, reference
+from branchlora.data.benchmark import load_benchmark
+from branchlora.evaluation.evaluate import EvalConfig
+from branchlora.evaluation.metrics import all_metrics
+from branchlora.inference import evaluate_checkpoint, load_trained
 
 from engine_support import MICRO, MICRO_PRETRAIN
 
@@ -48,11 +52,35 @@ def test_results_json_follows_the_contract(finished_run):
     for name in ("lora", "branchlora"):
         r = data["methods"][name]
         assert len(r["matrix"]) == 9 and all(len(row) == 8 for row in r["matrix"])
-        assert set(r["metrics"]) == {"acc", "maa", "bwt", "mft", "fwt", "forgetting"}
+        assert r["metrics"] == all_metrics(r["matrix"]) == hand_metrics(r["matrix"])
         assert r["params"]["tunable"] > 0 and r["train_seconds"] > 0 and r["eval_seconds"] > 0
     assert 0 <= data["methods"]["branchlora"]["selector_accuracy"] <= 100
     assert data["base"]["name"] == "tiny" and "pretrain_seconds" in data["base"]
     assert "ACC" in result.output and "branchlora" in result.output
+
+
+def hand_metrics(R: list[list[float | None]]) -> dict[str, float | None]:
+    """ACC, MAA, BWT, MFT, FWT and forgetting written out from their definitions over R (row 0: the base),
+    independently of branchlora.evaluation.metrics; None where a needed score was not measured."""
+    T = len(R) - 1
+
+    def mean(xs: list) -> float | None:
+        return None if any(x is None for x in xs) else round(sum(xs) / len(xs), 4)
+
+    def diffs(pairs: list) -> list:
+        return [None if a is None or b is None else a - b for a, b in pairs]
+
+    best = [
+        None if any(R[l][i] is None for l in range(1, T)) else max(R[l][i] for l in range(1, T)) for i in range(T - 1)
+    ]
+    return {
+        "acc": mean(R[T]),
+        "maa": mean([sum(R[t][:t]) / t for t in range(1, T + 1)]),
+        "bwt": mean(diffs([(R[T][i], R[i + 1][i]) for i in range(T - 1)])),
+        "mft": mean([R[t][t - 1] for t in range(1, T + 1)]),
+        "fwt": mean(diffs([(R[i][i], R[0][i]) for i in range(1, T)])),
+        "forgetting": mean(diffs([(best[i], R[T][i]) for i in range(T - 1)])),
+    }
 
 
 def test_report_and_plots(finished_run):
@@ -74,8 +102,17 @@ def test_predict_and_evaluate_a_checkpoint(finished_run):
     out = runner.invoke(app, ["evaluate", "--checkpoint", str(root / "out" / "lora"), "--benchmark", "minicoin",
                               "--limit", "2", "--json"], env=env)  # fmt: skip
     assert out.exit_code == 0, out.output
-    scores = json.loads(out.stdout)["scores"]
-    assert len(scores) == 8
+    assert len(json.loads(out.stdout)["scores"]) == 8
+
+
+def test_evaluating_the_last_checkpoint_reproduces_the_runs_last_row(finished_run, monkeypatch):
+    root, _ = finished_run
+    monkeypatch.setenv("BRANCHLORA_CACHE", str(root / "cache"))
+    bench = load_benchmark("minicoin", cache_dir=root / "cache", train_size=8, test_size=3)  # the run's items
+    scores = evaluate_checkpoint(load_trained(root / "out" / "lora"), bench, EvalConfig(batch_size=8, max_new_tokens=4))
+    data = json.loads((root / "out" / "results.json").read_text())
+    row = data["methods"]["lora"]["matrix"][-1]  # results.json keeps 4 decimals, evaluate prints 2
+    assert list(scores["scores"].values()) == [round(x, 2) for x in row]
 
 
 @pytest.mark.parametrize(

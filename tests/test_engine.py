@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from branchlora.adapters import BranchLoRA, adapter_layers
-from branchlora.continual import load_checkpoint, run_method
+from branchlora.continual import run_method
 from branchlora.evaluation.evaluate import EvalConfig
 from branchlora.methods import Task, get_method
 from branchlora.methods.branchlora import freeze_most_active
@@ -23,6 +23,7 @@ from branchlora.models.parts import projector
 from branchlora.train import TrainConfig
 
 from engine_support import ADAPTER, LORA, fresh, micro_base, toy_stream
+from support import adapter_for, assert_same_state, restored, run_state
 
 TRAIN = TrainConfig(max_steps=4, batch_size=4, lr=5e-3)
 EVAL = EvalConfig(batch_size=8, max_new_tokens=4)
@@ -37,7 +38,7 @@ def base(tmp_path_factory):
 
 
 def run(base, name, out, train=TRAIN, options=None, **kw):
-    method = get_method(name)(ADAPTER if name.startswith(("branch", "hydra", "moe")) else LORA, options)
+    method = get_method(name)(adapter_for(name), options)
     model = fresh(base[1])
     return method, model, run_method(method, model, base[2], train, EVAL, out, **kw)
 
@@ -99,17 +100,13 @@ def test_frozen_share_is_capped(base, tmp_path):
     assert all(sum(layer.frozen) == 2 for _, layer in adapter_layers(model))
 
 
-@pytest.mark.parametrize("name", ["lora", "moelora", "hydralora", "ewc", "lwf", "branchlora-shared_a", "multitask"])
-def test_every_method_fills_the_matrix(base, tmp_path, name):
-    _, _, result = run(base, name, tmp_path)
-    assert len(result.matrix) == 4 and all(0 <= x <= 100 for row in result.matrix for x in row)
-    assert result.tunable > 0 and result.train_seconds > 0
-
-
-def test_training_learns_a_toy_task(base, tmp_path):
+def test_training_learns_a_toy_task_and_sequential_lora_forgets_it(base, tmp_path):
+    """The run is deterministic (a fixed seed, one thread): its whole matrix, the same run after run on this
+    machine. Every method's run through two tasks: test_save_every.py (resumed = unbroken, bit for bit)."""
     train = TrainConfig(max_steps=30, batch_size=8, lr=1e-2)
     _, _, result = run(base, "lora", tmp_path, train=train)
-    assert result.matrix[0][0] == 0.0 and result.matrix[1][0] == 100.0, result.matrix
+    assert result.matrix == [[0.0] * 3, [100.0, 0.0, 0.0], [0.0] * 3, [0.0] * 3]
+    assert result.tunable > 0 and result.train_seconds > 0
 
 
 RESUME_SCRIPT = textwrap.dedent(
@@ -146,12 +143,12 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_matrix(base, tmp_path):
     stream = toy_stream(tmp_path / "toy", processor)
     resumed = run_method(get_method("branchlora")(ADAPTER), model, stream, TRAIN, EVAL, tmp_path / "run", resume=True)
     model, _ = micro_base(cache)
-    straight = run_method(get_method("branchlora")(ADAPTER), model, stream, TRAIN, EVAL, tmp_path / "straight")
-    assert resumed.matrix == straight.matrix
-    fresh_model, _ = micro_base(cache)
     method = get_method("branchlora")(ADAPTER)
-    method.setup(fresh_model)
-    assert load_checkpoint(tmp_path / "run" / "task-02", fresh_model, method) == 2
+    straight = run_method(method, model, stream, TRAIN, EVAL, tmp_path / "straight")
+    assert resumed.matrix == straight.matrix
+    assert_same_state(
+        run_state(method, model), run_state(*restored("branchlora", ADAPTER, base[1], tmp_path / "run" / "task-02"))
+    )
 
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_grows():
@@ -249,30 +246,33 @@ def bf16_accelerator():
     AcceleratorState._reset_state(True)
 
 
+# Found by the test below on a bf16 base, not yet diagnosed or fixed (src):
+OUTSIDE = "some Linears run outside autocast (the selector's or task keys' passes?)"
+BF16_BUGS = {
+    **dict.fromkeys(["branchlora", "lilora", "hide", "clmoe"], OUTSIDE),
+    "proglora": "RuntimeError: expected scalar type Float but found BFloat16",
+    "lwf": "float32 tensors among the frozen ones (the teacher's copy?)",
+}
+
+
 @pytest.mark.parametrize(
     "name",
-    [
-        "lora",
-        "moelora",
-        "hydralora",
-        "branchlora",
-        "lilora",
-        "proglora",
-        "ewc",
-        "lwf",
-        "olora",
-        "hide",
-        "sefe",
-        "clmoe",
-    ],
-)
+    [pytest.param(n, marks=pytest.mark.xfail(reason=BF16_BUGS[n], strict=True)) if n in BF16_BUGS else n
+     for n in ["lora", "moelora", "hydralora", "branchlora", "lilora", "proglora", "ewc", "lwf", "olora", "hide",
+               "sefe", "clmoe"]],
+)  # fmt: skip
 def test_every_method_trains_and_evaluates_under_bf16_autocast(base, tmp_path, name, bf16_accelerator):
-    """`train.mixed_precision=bf16` (autocast; on a GPU in practice): mixed float32 / bf16 tensors must meet
-    nowhere, in training, the methods' task-end passes, or the selector's per-sample routing at test time."""
-    accelerator = bf16_accelerator
-    if name == "lilora":  # LiLoRA's sub-rank basis needs its own adapter shape
-        method, model = get_method(name)({**LORA, "sub_rank": 4}), fresh(base[1])
-        result = run_method(method, model, base[2], TRAIN, EVAL, tmp_path, accelerator=accelerator)
-    else:
-        _, _, result = run(base, name, tmp_path, accelerator=accelerator)
-    assert len(result.matrix) == 4 and all(0 <= x <= 100 for row in result.matrix for x in row)
+    """`train.mixed_precision=bf16` (autocast; on a GPU in practice) on a base loaded in bf16: every Linear runs
+    under autocast, in training, the methods' task-end passes and the selector's routing at test time; what
+    trains (adapters, projector) stays float32, every frozen weight bf16; nothing raises a dtype mismatch."""
+    method, model = get_method(name)(adapter_for(name)), fresh(base[1]).to(torch.bfloat16)  # as load_base loads it
+    autocast = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_pre_hook(lambda mod, args: autocast.append(torch.is_autocast_enabled("cpu")))
+    result = run_method(method, model, base[2], TRAIN, EVAL, tmp_path, accelerator=bf16_accelerator)
+    assert len(result.matrix) == 4 and autocast and all(autocast)
+    adapters = {id(p) for _, layer in adapter_layers(model) for p in layer.adapter_parameters().values()}
+    trained = {p.dtype for p in model.parameters() if id(p) in adapters or p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if id(p) not in adapters and not p.requires_grad}
+    assert (trained, frozen) == ({torch.float32}, {torch.bfloat16})

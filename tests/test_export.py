@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText
 from typer.testing import CliRunner
 
-from branchlora.adapters import AdapterConfig, BranchLoRA, LiLoRA, LoRA, TaskLoRA, adapter_layers, routing_context
+from branchlora.adapters import AdapterConfig, BranchLoRA, LiLoRA, LoRA, TaskLoRA, routing_context
 from branchlora.batch import model_inputs
 from branchlora.cli import app
 from branchlora.continual import WEIGHTS, MethodResult, StreamData, run_method, save_checkpoint
@@ -25,6 +25,7 @@ from branchlora.models.loading import load_base_from
 
 from engine_support import ADAPTER, LORA, MICRO, MICRO_PRETRAIN, TOY_EVAL, TOY_TRAIN, fresh, micro_base, toy_stream
 from real_geometry import build_family_folder
+from support import randomise
 
 runner = CliRunner()
 TINY = {"base": "tiny", "base_options": {"tiny": vars(MICRO), "pretraining": vars(MICRO_PRETRAIN)}}
@@ -83,10 +84,7 @@ def randomised_checkpoint(out, model, name: str, adapter: dict, tasks: list[str]
     method.setup(model)
     for i, task in enumerate(tasks):
         method.on_task_start(model, Task(i, task))
-    g = torch.Generator().manual_seed(0)
-    for _, layer in adapter_layers(model):
-        for p in layer.adapter_parameters().values():
-            p.data.copy_(0.05 * torch.randn(p.shape, generator=g))
+    randomise(model, std=0.05, seed=0)
     save_checkpoint(
         out, len(tasks) - 1, model, method, MethodResult(matrix=[[0.0] * len(tasks)]), {**info, "tasks": tasks}
     )
@@ -238,9 +236,7 @@ def make_layer(kind: str, **config) -> torch.nn.Module:
     layer = {"lora": LoRA, "tasklora": TaskLoRA, "lilora": LiLoRA, "branchlora": BranchLoRA}[kind](
         torch.nn.Linear(6, 5), AdapterConfig.from_dict({"kind": kind, "r": 4, "alpha": 8, **config})
     )
-    for p in layer.adapter_parameters().values():
-        p.data.normal_()
-    return layer
+    return randomise(layer)
 
 
 @pytest.mark.parametrize("kind", ["lora", "tasklora", "lilora"])

@@ -7,12 +7,12 @@ from torch import nn
 
 from branchlora.adapters import AdapterConfig, adapter_layers, routing_context
 from branchlora.adapters.hide import HiDeLoRA
-from branchlora.continual import load_checkpoint
 from branchlora.methods import Task, get_method
 from branchlora.methods.hide import top_layer
 from branchlora.params import count_parameters
 
-from engine_support import fresh, run_toy
+from engine_support import run_toy
+from support import assert_same_state, randomise, restored, run_state
 
 ADAPTER = {"r": 4, "alpha": 8}
 
@@ -29,10 +29,7 @@ def random_layer(top: bool) -> HiDeLoRA:
     layer.add_block()
     layer = layer.double()
     layer.top = top
-    with torch.no_grad():
-        for p in layer.adapter_parameters().values():
-            p.normal_()
-    return layer
+    return randomise(layer)
 
 
 def test_training_top_and_fused_forwards_match_float64_reference():
@@ -87,12 +84,11 @@ def test_lifecycle_selection_and_checkpoint(trained, small_toy):
     batch = small_toy[1].collator.prompt_batch(small_toy[1].test[0] + small_toy[1].test[2])
     weights = method.eval_task_ids(model, batch, Task(0, "colour"))
     assert weights.shape == (4, 3) and torch.allclose(weights.sum(-1), torch.ones(4))
+    assert weights.argmax(-1).tolist() == [0, 0, 2, 2]  # each sample weighs its own task's expert most
     assert method.eval_task_ids(model, batch, Task(1, "count"), oracle=True) == 1
-    restored_method, restored = get_method("hide")(ADAPTER), fresh(small_toy[0])
-    restored_method.setup(restored)
-    assert load_checkpoint(out / "task-02", restored, restored_method) == 2
-    assert [n for n, layer in adapter_layers(restored) if layer.top] == tops
-    assert all(torch.equal(a, b) for a, b in zip(method.keys.key_img, restored_method.keys.key_img, strict=True))
+    restored_method, restored_model = restored("hide", ADAPTER, small_toy[0], out / "task-02")
+    assert [n for n, layer in adapter_layers(restored_model) if layer.top] == tops
+    assert_same_state(run_state(method, model), run_state(restored_method, restored_model))
 
 
 def test_adapter_kind_must_be_hide():

@@ -20,15 +20,9 @@ from branchlora.adapters import (
 )
 
 from conftest import build_tiny_llava, tiny_llava_inputs
+from support import randomise
 
 SEVEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-
-
-def randomise(model):
-    with torch.no_grad():
-        for _, layer in adapter_layers(model):
-            for p in layer.adapter_parameters().values():
-                p.normal_(std=0.1)
 
 
 def test_llava_preset_wraps_exactly_the_language_model_linears(tiny_llava):
@@ -48,7 +42,7 @@ def test_forward_generate_and_unwrap(tiny_llava):
     with torch.no_grad():
         same = tiny_llava(**inputs).logits  # B = 0 at init: the wrapped model computes the base function
         torch.testing.assert_close(same, expected)
-        randomise(tiny_llava)
+        randomise(tiny_llava, std=0.1)
         with routing_context(tiny_llava, attention_mask=inputs["attention_mask"], reuse=True):
             out = tiny_llava.generate(**inputs, max_new_tokens=3, do_sample=False)
         assert out.shape == (2, inputs["input_ids"].shape[1] + 3)
@@ -63,7 +57,7 @@ def test_forward_generate_and_unwrap(tiny_llava):
 def test_merge_lora_into_base(tiny_llava):
     inputs = tiny_llava_inputs()
     inject_adapters(tiny_llava, AdapterConfig(kind="lora", r=4, dropout=0.0))
-    randomise(tiny_llava)
+    randomise(tiny_llava, std=0.1)
     with torch.no_grad():
         expected = tiny_llava(**inputs).logits
         merge(tiny_llava)
@@ -88,7 +82,7 @@ def test_save_load_round_trip_is_exact(tmp_path, kind):
             layer.add_branches(2)
             layer.add_router()
             layer.freeze_branches([1, 3])
-    randomise(model)
+    randomise(model, std=0.1)
     save_adapters(model, tmp_path)
     fresh = build_tiny_llava()  # same seed: same base weights
     load_adapters(fresh, tmp_path)

@@ -7,17 +7,14 @@ from branchlora.adapters import AdapterConfig, adapter_layers, inject_adapters, 
 from branchlora.adapters.merged import merge_task, unmerge_task
 
 from conftest import tiny_llava_inputs
+from support import randomise
 
 
 def branchlora_model(model, routing="first"):
     inject_adapters(model, AdapterConfig(r=8, n_branches=4, top_k=2, routing=routing))
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for _, layer in adapter_layers(model):
-            layer.add_router()  # two tasks: merging task 0 must not use the newest router
-            for p in layer.adapter_parameters().values():
-                p.normal_(std=0.1)
-    return model
+    for _, layer in adapter_layers(model):
+        layer.add_router()  # two tasks: merging task 0 must not use the newest router
+    return randomise(model, std=0.1, seed=2)
 
 
 def bos_first_inputs():

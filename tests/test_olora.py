@@ -8,13 +8,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from branchlora.adapters import AdapterConfig, TaskLoRA, adapter_layers, inject_adapters, merge
-from branchlora.continual import load_checkpoint
 from branchlora.methods import Task, get_method
 from branchlora.methods.base import StepContext
 from branchlora.methods.olora import orthogonality_loss
 from branchlora.params import count_parameters
 
 from engine_support import fresh, run_toy
+from support import assert_same_state, randomise, restored, run_state
 
 ADAPTER = {"r": 4, "alpha": 8}
 
@@ -38,11 +38,7 @@ def random_blocks(tasks: int = 3) -> Weighted:
     layer = Weighted(nn.Linear(12, 10), AdapterConfig(kind="tasklora", r=4, alpha=8, dropout=0.0))
     for _ in range(tasks - 1):
         layer.add_block()
-    layer = layer.double()
-    with torch.no_grad():  # B starts at zero: random values everywhere to test the math
-        for p in layer.adapter_parameters().values():
-            p.normal_()
-    return layer
+    return randomise(layer.double())
 
 
 def test_summed_and_weighted_blocks_match_float64_reference():
@@ -74,9 +70,7 @@ def test_summed_blocks_merge_into_w0():
     inject_adapters(model, AdapterConfig(kind="tasklora", r=4, alpha=8, dropout=0.0, targets=".*"))
     for _, layer in adapter_layers(model):
         layer.add_block()
-        with torch.no_grad():
-            for p in layer.adapter_parameters().values():
-                p.normal_()
+    randomise(model)
     x = torch.randn(4, 12, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(merge(copy.deepcopy(model))(x), model(x))
@@ -117,12 +111,7 @@ def test_earlier_blocks_stay_bit_identical_and_checkpoint_restores(trained, smal
         for t in range(2):
             for part in ("lora_A", "lora_B"):
                 assert torch.equal(after[t][f"{name}.{part}.{t}"], getattr(layer, part)[t].detach()), (name, t)
-    restored_method, restored = get_method("olora")(ADAPTER), fresh(small_toy[0])
-    restored_method.setup(restored)
-    assert load_checkpoint(out / "task-02", restored, restored_method) == 2
-    for (_, layer), (_, again) in zip(adapter_layers(model), adapter_layers(restored), strict=True):
-        for key, value in layer.adapter_parameters().items():
-            assert torch.equal(value, again.adapter_parameters()[key]), key
+    assert_same_state(run_state(method, model), run_state(*restored("olora", ADAPTER, small_toy[0], out / "task-02")))
 
 
 def test_llava_7b_parameter_counts():

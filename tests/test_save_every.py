@@ -1,5 +1,6 @@
-"""train.save_every: a run killed inside a task resumes there and ends bit for bit as an unbroken run;
-train.keep=last drops the earlier stages' weights; DataLoader workers collate as the main process does."""
+"""train.save_every: a run killed inside a task resumes there and ends bit for bit as an unbroken run, for every
+registered method; train.keep=last drops the earlier stages' weights; DataLoader workers collate as the main
+process does."""
 
 import pickle
 
@@ -10,10 +11,11 @@ from torch.utils.data import DataLoader
 
 from branchlora.continual import IN_TASK, StreamData, run_method
 from branchlora.evaluation.evaluate import EvalConfig
-from branchlora.methods import get_method
+from branchlora.methods import METHODS, get_method
 from branchlora.train import TrainConfig
 
 from engine_support import ADAPTER, fresh
+from support import adapter_for, assert_same_state, run_state
 
 EVAL = EvalConfig(batch_size=4, max_new_tokens=2, limit=1)
 
@@ -61,6 +63,48 @@ def test_killed_run_resumes_inside_the_task(small_toy, tmp_path):
     first = tmp_path / "whole" / "task-00"
     assert (first / "state.json").is_file() and not (first / "adapters.safetensors").exists()
     assert not (first / "method.pt").exists() and (tmp_path / "whole" / "task-01" / "adapters.safetensors").is_file()
+
+
+# Known resume bugs (src), found by the test below: state gathered during a task's steps is not in DIR/in-task/.
+TRUNK = "in-task restore: the optimizer's groups differ once A and the projector are frozen"
+USAGE = "the layers' expert `usage` counted during the task is not saved: another top-k, another merge"
+POOLED = "the pooled embeddings summed during the task (`_pooled`) are not saved: another prototype"
+RESUME_BUGS = {
+    **dict.fromkeys(["branchlora-frozen_trunk", "branchlora-frozen_trunk_grow"], TRUNK),
+    **dict.fromkeys(["clmoe", "clmoe-oracle"], USAGE),
+    **dict.fromkeys(["proglora", "proglora-published", "proglora-static"], POOLED),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.xfail(reason=RESUME_BUGS[n], strict=True)) if n in RESUME_BUGS else n
+     for n in sorted(METHODS)],
+)  # fmt: skip
+def test_every_method_killed_in_its_last_task_resumes_bit_for_bit(small_toy, tmp_path, name):
+    """Killed at step 3 of the last task (its in-task checkpoint at step 2, task-00 before it), the resumed run
+    ends with the unbroken run's adapters, frozen sets, projector and method state (keys, Fisher, masks,
+    routers), bit for bit, and its matrix."""
+    base, stream = small_toy
+    stream = two_tasks(stream)
+    config = TrainConfig(max_steps=3, batch_size=4, lr=5e-3, save_every=2)
+    last = "+".join(stream.names) if get_method(name).joint else stream.names[-1]
+
+    def run(out, **kw) -> tuple:
+        method, model = get_method(name)(adapter_for(name)), fresh(base)
+        return method, model, run_method(method, model, stream, config, EVAL, out, **kw)
+
+    def kill(phase: str, step: int, total: int, losses: dict) -> None:
+        if phase == last and step == 3:
+            raise Killed
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", on_step=kill)
+    assert torch.load(tmp_path / "killed" / IN_TASK / "loop.pt")["step"] == 2
+    method, model, result = run(tmp_path / "killed", resume=True)
+    assert result.matrix == whole[2].matrix
+    assert_same_state(run_state(*whole[:2]), run_state(method, model))
 
 
 def test_workers_collate_as_the_main_process(small_toy):

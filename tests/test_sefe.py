@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from branchlora.adapters import adapter_layers
-from branchlora.continual import load_checkpoint
 from branchlora.methods import Task, get_method
 from branchlora.methods.base import StepContext
 from branchlora.methods.sefe import key_elements, masked_l1
 from branchlora.params import count_parameters
 
 from engine_support import fresh, run_toy
+from support import assert_same_state, restored, run_state
 
 ADAPTER = {"r": 4, "alpha": 8}
 
@@ -66,10 +66,7 @@ def test_lifecycle_and_checkpoint(trained, small_toy):
     assert len(result.matrix) == 4 and "loss_reg" in result.stats[1] and "loss_reg" not in result.stats[0]
     names = [name for name, _ in adapter_layers(model)]
     assert sorted(method.masks) == sorted(names)
-    restored_method, restored = get_method("sefe")(ADAPTER), fresh(small_toy[0])
-    restored_method.setup(restored)
-    assert load_checkpoint(out / "task-02", restored, restored_method) == 2
-    assert all(torch.equal(method.masks[n], restored_method.masks[n]) for n in names)
+    assert_same_state(run_state(method, model), run_state(*restored("sefe", ADAPTER, small_toy[0], out / "task-02")))
 
 
 def test_llava_7b_parameter_counts():

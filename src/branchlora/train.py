@@ -394,6 +394,7 @@ def train_task(
                 state = LoopState(step, seen, epoch_start, optimizer.state_dict(), scheduler.state_dict(),
                                   rng_state(), last)  # fmt: skip
                 save(state)
+        skip = 0  # resumed at an epoch's end: every batch skipped, the next epoch starts whole (else: no step, forever)
     check_finite_parameters(trainable, method, task, step)  # the last update may have overflowed
     model.eval()
     runner = TaskRunner(examples, collate, task_ids, accelerator, config.batch_size)
