@@ -91,7 +91,7 @@ def test_predict_loads_in_the_runs_precision(half_folder, tmp_path):
     adapters = {p.dtype for _, layer in adapter_layers(loaded.model) for p in layer.adapter_parameters().values()}
     assert (loaded.mixed_precision, frozen, adapters) == ("bf16", {torch.bfloat16}, {torch.float32})
     Image.new("RGB", (20, 12), (0, 0, 200)).save(tmp_path / "b.png")
-    assert isinstance(predict(loaded, tmp_path / "b.png", "What is it?", "t", max_new_tokens=2)["answer"], str)
+    assert isinstance(predict(loaded, tmp_path / "b.png", "What is it?", None, max_new_tokens=2)["answer"], str)
 
 
 def test_a_resumed_bf16_run_gets_its_float32_projector_back_unrounded(half_folder, tmp_path):

@@ -15,7 +15,7 @@ Each task reseeds from the run's seed, so a resumed run ends with the same matri
 
 from __future__ import annotations
 
-import io
+import errno
 import json
 import shutil
 import time
@@ -307,11 +307,13 @@ def _write_checkpoint(
 
 
 def _save_torch(obj: object, path: Path) -> None:
-    """torch.save through memory: a full disk is then an OSError naming its cause, not torch's RuntimeError
-    ("unexpected pos")."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    path.write_bytes(buffer.getvalue())
+    """torch.save straight to the file (a copy in memory would double a 7B method state's host memory); its
+    zip writer reports a failed write, such as a full disk, as a RuntimeError ("unexpected pos"), which becomes
+    the OSError the checkpoint's one-line error is made from."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as err:
+        raise OSError(errno.EIO, f"torch.save could not write the file ({err}); is the disk full?") from None
 
 
 def in_task_restore(out_dir: Path, index: int, model: nn.Module, method: Method) -> Callable[[], LoopState] | None:
