@@ -71,8 +71,8 @@ class ProgLoRAMethod(PerTaskLoRA):
     def setup(self, model: nn.Module) -> None:
         inject_adapters(model, self.adapter)
         emb = model.get_input_embeddings()
-        w = emb.weight
-        self.allocator = TaskAllocator(emb.embedding_dim, self.options.query_hidden, device=w.device, dtype=w.dtype)
+        # float32 on a bf16 base, as the adapters: it trains, and its keys stay as their tasks left them
+        self.allocator = TaskAllocator(emb.embedding_dim, self.options.query_hidden, device=emb.weight.device)
         self.allocator.recall = self.options.recall
         model.add_module("proglora_allocator", self.allocator)  # moves, trains and counts with the model
         self.allocator.attach(language_model(model), self.blocks(model)[0].context)
