@@ -65,22 +65,7 @@ def test_killed_run_resumes_inside_the_task(small_toy, tmp_path):
     assert not (first / "method.pt").exists() and (tmp_path / "whole" / "task-01" / "adapters.safetensors").is_file()
 
 
-# Known resume bugs (src), found by the test below: state gathered during a task's steps is not in DIR/in-task/.
-TRUNK = "in-task restore: the optimizer's groups differ once A and the projector are frozen"
-USAGE = "the layers' expert `usage` counted during the task is not saved: another top-k, another merge"
-POOLED = "the pooled embeddings summed during the task (`_pooled`) are not saved: another prototype"
-RESUME_BUGS = {
-    **dict.fromkeys(["branchlora-frozen_trunk", "branchlora-frozen_trunk_grow"], TRUNK),
-    **dict.fromkeys(["clmoe", "clmoe-oracle"], USAGE),
-    **dict.fromkeys(["proglora", "proglora-published", "proglora-static"], POOLED),
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.xfail(reason=RESUME_BUGS[n], strict=True)) if n in RESUME_BUGS else n
-     for n in sorted(METHODS)],
-)  # fmt: skip
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_killed_in_its_last_task_resumes_bit_for_bit(small_toy, tmp_path, name):
     """Killed at step 3 of the last task (its in-task checkpoint at step 2, task-00 before it), the resumed run
     ends with the unbroken run's adapters, frozen sets, projector and method state (keys, Fisher, masks,

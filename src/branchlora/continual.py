@@ -324,7 +324,12 @@ def in_task_restore(out_dir: Path, index: int, model: nn.Module, method: Method)
         return None
 
     def restore() -> LoopState:
+        # What trains is what the method chose at task start (BranchLoRA's frozen trunk): loading the adapters'
+        # structure marks their own parts trainable again, and the optimizer's groups would not be the saved ones.
+        trains = {name: p.requires_grad for name, p in model.named_parameters()}
         load_checkpoint(folder, model, method)
+        for name, p in model.named_parameters():
+            p.requires_grad_(trains.get(name, p.requires_grad))
         saved = read_torch(folder / "loop.pt")
         try:
             return LoopState(**saved)

@@ -83,17 +83,18 @@ def predict(loaded: Loaded, image: Path, prompt: str, task: str | None = None, m
     )
     batch = loaded.collator.prompt_batch([example])
     index = _task_index(loaded, task) if task else len(loaded.tasks) - 1
-    task_ids = loaded.method.eval_task_ids(loaded.model, batch, Task(index, task or ""), oracle=task is not None)
+    device = loaded.model.device.type
+    # As the run evaluated: float32 trainables beside a bf16 base, the selector's passes as the answer's forward.
+    autocast = partial(torch.autocast, device, dtype=run_dtype(loaded.mixed_precision),
+                       enabled=loaded.mixed_precision == "bf16")  # fmt: skip
+    with autocast():
+        task_ids = loaded.method.eval_task_ids(loaded.model, batch, Task(index, task or ""), oracle=task is not None)
+        scores = None if task else loaded.method.task_similarity(loaded.model, batch)
     if task and task_ids is None:  # the method serves every task with one adapter: say so, do not pretend
         raise ValueError(f"--task {task!r}: method {loaded.method.name} has no task routers (one adapter serves "
                          "every task), so choosing a task changes nothing; leave --task out")  # fmt: skip
-    scores = None if task else loaded.method.task_similarity(loaded.model, batch)
     rows = partial(sample_rows, loaded.model, batch)
-    device = loaded.model.device.type
-    with (
-        routing_context(loaded.model, task_ids, batch["attention_mask"], reuse=True, rows=rows),
-        torch.autocast(device, dtype=run_dtype(loaded.mixed_precision), enabled=loaded.mixed_precision == "bf16"),
-    ):  # as the run evaluated: float32 trainables beside a bf16 base
+    with routing_context(loaded.model, task_ids, batch["attention_mask"], reuse=True, rows=rows), autocast():
         out = loaded.model.generate(
             **model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=loaded.collator.pad_id, eos_token_id=loaded.collator.eos_id,

@@ -31,6 +31,7 @@ from branchlora.batch import model_inputs
 from branchlora.methods.base import Method, StepContext, Task
 from branchlora.models.family import sample_rows
 from branchlora.models.parts import projector
+from branchlora.selector import embed
 from branchlora.sharding import average_gradients, check_replicated, gathered, shard_frozen
 from branchlora.typed import check_fields
 
@@ -187,6 +188,11 @@ class TaskRunner:
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         return forward(model, batch, self.task_ids, self.accelerator)
+
+    def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The selector's embeddings of a batch, under the run's autocast as its forwards."""
+        with self.accelerator.autocast():
+            return embed(model, batch)
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean over processes of a statistic each computed on its shard (identity on one process)."""
@@ -364,10 +370,12 @@ def train_task(
             # The routing context stays open through backward: gradient checkpointing replays the forward there.
             with accelerator.accumulate(wrapped), routed(wrapped, batch, task_ids):
                 ctx = StepContext(task, batch)
+                # The method's losses too (LwF's teacher, the selector's embeddings run the model), as HF's
+                # Trainer computes its loss: under bf16 every Linear meets its input in autocast's dtype.
                 with accelerator.autocast():
                     ctx.outputs = wrapped(**model_inputs(batch))
-                ctx.add_loss("task", ctx.outputs.loss)
-                method.extra_loss(model, ctx)
+                    ctx.add_loss("task", ctx.outputs.loss)
+                    method.extra_loss(model, ctx)
                 loss = sum(ctx.losses.values())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and (sharded or beside):

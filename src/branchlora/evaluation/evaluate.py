@@ -95,7 +95,8 @@ def evaluate_task(
 
 def _answer(model, method, task, chunk, collator, config, accelerator) -> list[tuple[str, int | None]]:
     batch = {k: v.to(accelerator.device) for k, v in collator.prompt_batch(chunk).items()}
-    task_ids = method.eval_task_ids(model, batch, task, oracle=config.oracle) if method is not None else None
+    with accelerator.autocast():  # the selector runs the model as the answer's forward does
+        task_ids = method.eval_task_ids(model, batch, task, oracle=config.oracle) if method is not None else None
     with (
         routing_context(model, task_ids, batch["attention_mask"], reuse=True, rows=partial(sample_rows, model, batch)),
         accelerator.autocast(),

@@ -41,11 +41,14 @@ class StepContext:
 
 
 class TaskRun(Protocol):
-    """What the loop lends a hook that needs the task's data: its batches, and a forward with routing."""
+    """What the loop lends a hook that needs the task's data: its batches, a forward with routing, and the
+    selector's embeddings (both under the run's autocast)."""
 
     def batches(self) -> Iterable[dict[str, torch.Tensor]]: ...
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any: ...
+
+    def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor: ...
 

@@ -75,6 +75,7 @@ class CLMoEMethod(KeyedMethod):
         self.keys = TaskKeys("prototype")
         self.top: list[list[int]] = []  # each learned task's top-k experts, per layer (in layer order)
         self._start: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._training: list[CLMoE] = []  # the layers while a task trains (their `usage` is its statistic)
 
     def _layers(self, model: nn.Module) -> list[CLMoE]:
         return [layer for _, layer in adapter_layers(model) if isinstance(layer, CLMoE)]
@@ -92,6 +93,7 @@ class CLMoEMethod(KeyedMethod):
             layer.usage.zero_()
         self.set_trainable(model)
         self._start = [(layer.lora_A.detach().clone(), layer.lora_B.detach().clone()) for layer in layers]
+        self._training = layers
 
     def train_task_ids(self, task: Task) -> int:
         return task.index
@@ -106,7 +108,7 @@ class CLMoEMethod(KeyedMethod):
                 keep = momentum_weights(set(new), set(old), layer.n_experts, self.options.momentum)
                 merge_experts(layer, start, keep)
         self.top.append(top)
-        self._start = []
+        self._start, self._training = [], []
         self.keys.end_task(model, run, self.options.stats_batches)
 
     def eval_task_ids(
@@ -115,11 +117,18 @@ class CLMoEMethod(KeyedMethod):
         return self.keys.task_ids(model, batch, task.index, oracle or self.options.task_identity == "oracle")
 
     def state_dict(self) -> dict:
-        return {**self.keys.state_dict(), "top": self.top}
+        """The learned tasks' keys and top experts and, inside a task (train.save_every), the usage so far."""
+        state = {**self.keys.state_dict(), "top": self.top}
+        if self._training:
+            state["usage"] = [layer.usage.cpu() for layer in self._training]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.keys.load_state_dict(state)
         self.top = list(state["top"])
+        if "usage" in state and self._training:  # resumed inside the task `on_task_start` began
+            for layer, usage in zip(self._training, state["usage"], strict=True):
+                layer.usage.copy_(usage)
 
 
 @register_method("clmoe-oracle", "CL-MoE with the true task id choosing the task router")

@@ -71,8 +71,8 @@ class ProgLoRAMethod(PerTaskLoRA):
     def setup(self, model: nn.Module) -> None:
         inject_adapters(model, self.adapter)
         emb = model.get_input_embeddings()
-        w = emb.weight
-        self.allocator = TaskAllocator(emb.embedding_dim, self.options.query_hidden, device=w.device, dtype=w.dtype)
+        # float32 on a bf16 base, as the adapters: it trains, and its keys stay as their tasks left them
+        self.allocator = TaskAllocator(emb.embedding_dim, self.options.query_hidden, device=emb.weight.device)
         self.allocator.recall = self.options.recall
         model.add_module("proglora_allocator", self.allocator)  # moves, trains and counts with the model
         self.allocator.attach(language_model(model), self.blocks(model)[0].context)
@@ -120,14 +120,20 @@ class ProgLoRAMethod(PerTaskLoRA):
         return None
 
     def state_dict(self) -> dict:
+        """Keys, query MLP, prototypes and, inside a task (train.save_every), its pooled embeddings so far."""
         allocator = {k: v.detach().cpu() for k, v in self.allocator.state_dict().items()}
-        return {"n_keys": self.allocator.n_keys, "allocator": allocator, "prototypes": list(self.prototypes)}
+        state = {"n_keys": self.allocator.n_keys, "allocator": allocator, "prototypes": list(self.prototypes)}
+        if self._pooled is not None:
+            state["pooled"] = self._pooled.cpu()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         while self.allocator.n_keys < state["n_keys"]:
             self.allocator.add_key()
         self.allocator.load_state_dict(state["allocator"])
         self.prototypes = list(state["prototypes"])
+        if "pooled" in state:  # resumed inside a task
+            self._pooled = state["pooled"].to(self.allocator.w1.weight.device)
 
 
 @register_method("proglora-static", "ProgLoRA (static): the true task id picks the recalled blocks")

@@ -69,7 +69,7 @@ class TaskKeys:
             k_img, k_txt = (k.detach().clone() for k in self._new)
         else:
             batches = islice(run.batches(), max_batches) if max_batches else run.batches()
-            seen = [embed(model, batch) for batch in batches]
+            seen = [run.embed(model, batch) for batch in batches]
             k_img = prototype(torch.cat([e[0] for e in seen]), process_sum)
             k_txt = prototype(torch.cat([e[1] for e in seen]), process_sum)
         self.key_img.append(run.mean(k_img))  # processes saw different shards: agree on one key
