@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/branchlora run $(ARGS)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadfile $(ARGS)  # one worker per core, a test file per worker
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
