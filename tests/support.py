@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import yaml
+from PIL import Image
 from torch import nn
 
 from branchlora.adapters import adapter_layers
@@ -102,3 +103,31 @@ def write_benchmark(folder: Path, tasks: dict[str, Iterable[TestExample]], name:
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump({"name": name, "image_root": "/", "tasks": entries}))
     return path
+
+
+GOOD_TRAIN = {"id": 0, "image": "a.png", "conversations": [
+    {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]}  # fmt: skip
+GOOD_TEST = {"question_id": 7, "image": "a.png", "text": "What colour?", "answer": "red"}
+
+
+def one_task_stream(
+    root: Path, *, train: list | None = None, test: list | None = None, metric: str = "exact_match",
+    task: dict | None = None, suffix: str = ".json", image: bytes | None = None,
+) -> Path:  # fmt: skip
+    """ROOT/b.yaml: one task 't' (train / test files in CoIN's formats, image root ROOT/img holding a.png) whose
+    parts the arguments replace: the items (default one good item each), the metric, extra task fields, JSON or
+    JSON Lines (`suffix`), and a.png's bytes (default a red 8x8 PNG)."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    if image is None:
+        Image.new("RGB", (8, 8), "red").save(root / "img" / "a.png")
+    else:
+        (root / "img" / "a.png").write_bytes(image)
+    for name, items in (
+        ("train", [GOOD_TRAIN] if train is None else train),
+        ("test", [GOOD_TEST] if test is None else test),
+    ):
+        lines = [json.dumps(x) for x in items]
+        (root / f"{name}{suffix}").write_text("\n".join(lines) if suffix == ".jsonl" else f"[{', '.join(lines)}]")
+    entry = {"name": "t", "train": f"train{suffix}", "test": f"test{suffix}", "metric": metric, **(task or {})}
+    (root / "b.yaml").write_text(yaml.safe_dump({"name": "s", "image_root": "img", "tasks": [entry]}))
+    return root / "b.yaml"

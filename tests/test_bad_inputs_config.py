@@ -18,6 +18,7 @@ from branchlora.experiment import content_hashes, run_identity
 from branchlora.rundir import LOCK
 
 from cli_support import refused as refused_output
+from support import one_task_stream
 
 runner = CliRunner()
 # A small minicoin, so that the cases which get as far as the benchmark stay fast.
@@ -180,8 +181,7 @@ def test_resume_with_another_lr_is_refused_listing_what_differs(cache, tmp_path)
 
 
 def test_resume_with_a_benchmark_file_edited_in_place_is_refused_naming_it(cache, tmp_path):
-    (tmp_path / "data").mkdir()
-    bench = one_task_benchmark(tmp_path / "data")
+    bench = one_task_stream(tmp_path / "data", image=BROKEN)
     args = ["--benchmark", str(bench), "--methods", "lora", "--out", str(tmp_path / "out")]
     config = load_config("quick", None, [(("benchmark",), str(bench)), (("methods",), ["lora"])])
     files = content_hashes(load_benchmark(bench, check_images=False))
@@ -189,12 +189,12 @@ def test_resume_with_a_benchmark_file_edited_in_place_is_refused_naming_it(cache
     (tmp_path / "out" / "lora" / "task-00").mkdir(parents=True)
     (tmp_path / "out" / "lora" / "task-00" / "state.json").write_text(json.dumps({"run": identity}))
     train = tmp_path / "data" / "train.json"
-    train.write_text(train.read_text().replace('"A"', '"B"'))  # the same path, other content
+    train.write_text(train.read_text().replace('"red"', '"blue"'))  # the same path, other content
     refused([*args, "--resume", "--dry-run"], cache, "--resume", f"benchmark_files.{train.resolve()}")
 
 
 def test_an_out_holding_the_benchmark_is_refused_and_nothing_is_deleted(cache, tmp_path):
-    bench = one_task_benchmark(tmp_path)
+    bench = one_task_stream(tmp_path, image=BROKEN)
     before = sorted(p.name for p in tmp_path.iterdir())
     for flag in ([], ["--resume"], ["--overwrite"]):
         refused(["--benchmark", str(bench), "--out", str(tmp_path), *flag], cache, "holds no branchlora run"
@@ -207,27 +207,17 @@ def test_an_out_holding_the_benchmark_is_refused_and_nothing_is_deleted(cache, t
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "results.json"])
 
 
+BROKEN = b"not an image"  # the image a one-task stream holds here: the dry run must open it
+
+
 def earlier_order() -> list[str]:
     return ["scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa"]
 
 
-def one_task_benchmark(folder: Path, image: str = "broken.png") -> Path:
-    """b.yaml: one task 't' of one train and one test item on `image` (a file that is not an image)."""
-    (folder / image).write_text("not an image")
-    item = {"image": image, "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
-    (folder / "train.json").write_text(json.dumps([item]))
-    test = {"question_id": 0, "image": image, "text": "Q?", "answer": "A"}
-    (folder / "test.json").write_text(json.dumps([test]))
-    (folder / "b.yaml").write_text(
-        "name: b\nimage_root: .\ntasks:\n  - {name: t, train: train.json, test: test.json, metric: exact_match}\n"
-    )
-    return folder / "b.yaml"
-
-
 def test_dry_run_opens_every_image(cache, tmp_path):
-    bench = one_task_benchmark(tmp_path)
+    bench = one_task_stream(tmp_path, image=BROKEN)
     refused(["--benchmark", str(bench), "--dry-run", "--out", str(tmp_path / "o")], cache,
-            str(tmp_path / "broken.png"), "cannot read image")  # fmt: skip
+            str(tmp_path / "img" / "a.png"), "cannot read image")  # fmt: skip
 
 
 def test_an_adapter_rank_above_a_target_width_is_noted_in_the_dry_run(cache, tmp_path):

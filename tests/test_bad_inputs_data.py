@@ -7,31 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from PIL import Image
 from typer.testing import CliRunner
 
 from branchlora.cli import app
 from branchlora.data.benchmark import BenchmarkError, load_benchmark
 
 from cli_support import refused
+from support import GOOD_TEST, GOOD_TRAIN, one_task_stream
 
-GOOD_TRAIN = {"id": 0, "image": "a.png", "conversations": [
-    {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]}  # fmt: skip
-GOOD_TEST = {"question_id": 7, "image": "a.png", "text": "What colour?", "answer": "red"}
 GOOD_BOX = {"question_id": "g", "image": "a.png", "text": "the dog", "answer_bbox": [16, 32, 32, 32], "size": [64, 64]}
-
-
-def stream(root: Path, *, train=None, test=None, metric="exact_match", task=None, suffix=".json") -> Path:
-    """A one-task benchmark under root (YAML, train/test files, one image); arguments replace its parts."""
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), "red").save(root / "img" / "a.png")
-    for name, items in (("train", train or [GOOD_TRAIN]), ("test", test or [GOOD_TEST])):
-        lines = [json.dumps(x) for x in items]
-        (root / f"{name}{suffix}").write_text("\n".join(lines) if suffix == ".jsonl" else f"[{', '.join(lines)}]")
-    entry = {"name": "t", "train": f"train{suffix}", "test": f"test{suffix}", "metric": metric, **(task or {})}
-    (root / "b.yaml").write_text(yaml.safe_dump({"name": "s", "image_root": "img", "tasks": [entry]}))
-    return root / "b.yaml"
 
 
 def turns(*pairs: tuple[str, str]) -> dict:
@@ -121,7 +105,7 @@ CASES = [
 @pytest.mark.parametrize(("case", "kwargs", "file", "message"), CASES, ids=[c[0] for c in CASES])
 def test_bad_item_is_one_line_naming_file_and_field(tmp_path, case, kwargs, file, message):
     with pytest.raises(BenchmarkError, match=message) as err:
-        load_benchmark(stream(tmp_path, **kwargs))
+        load_benchmark(one_task_stream(tmp_path, **kwargs))
     text = str(err.value)
     assert "\n" not in text and str(tmp_path / file) in text, text
 
@@ -133,7 +117,7 @@ def one_line_error(path: Path, file: str, message: str) -> None:
 
 
 def test_jsonl_errors_give_the_real_line(tmp_path):
-    path = stream(tmp_path, suffix=".jsonl")
+    path = one_task_stream(tmp_path, suffix=".jsonl")
     (tmp_path / "train.jsonl").write_text(f"\n{json.dumps(GOOD_TRAIN)}\n\n{{'image': 1}}\n")
     one_line_error(path, "train.jsonl", r"bad JSON at line 4, column 2")
     (tmp_path / "train.jsonl").write_text(f"{json.dumps(GOOD_TRAIN)}\n\n{json.dumps({'image': 'a.png'})}\n")
@@ -141,7 +125,7 @@ def test_jsonl_errors_give_the_real_line(tmp_path):
 
 
 def test_non_utf8_files_are_one_line(tmp_path):
-    path = stream(tmp_path)
+    path = one_task_stream(tmp_path)
     (tmp_path / "test.json").write_bytes(json.dumps([GOOD_TEST], indent=1).replace("red", "r\xe9d").encode("latin-1"))
     one_line_error(path, "test.json", r"not UTF-8 text at line 6 \(byte 0xe9\)")
     path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
@@ -149,7 +133,7 @@ def test_non_utf8_files_are_one_line(tmp_path):
 
 
 def test_bad_yaml_and_bad_shapes(tmp_path):
-    path = stream(tmp_path)
+    path = one_task_stream(tmp_path)
     (tmp_path / "test.json").write_text(json.dumps({"items": [GOOD_TEST]}))
     one_line_error(path, "test.json", r"expected a JSON list of items")
     path.write_text("name: s\ntasks: [\n  - oops: 1\n")
@@ -158,7 +142,7 @@ def test_bad_yaml_and_bad_shapes(tmp_path):
 
 def test_image_that_is_a_folder(tmp_path):
     (tmp_path / "img" / "dir.png").mkdir(parents=True)
-    path = stream(tmp_path, test=[{**GOOD_TEST, "image": "dir.png"}])
+    path = one_task_stream(tmp_path, test=[{**GOOD_TEST, "image": "dir.png"}])
     one_line_error(path, "test.json", r"item 0: field 'image': .*dir\.png is a folder, not an image")
 
 
@@ -174,7 +158,7 @@ runner = CliRunner()
      ("evaluate", {"test": [GOOD_TEST, GOOD_TEST]}, "test.json: item 1: field 'question_id': '7' is also the id of")],
 )  # fmt: skip
 def test_cli_refuses_a_bad_benchmark_with_one_line(tmp_path, command, kwargs, message):
-    path = stream(tmp_path, **kwargs)
+    path = one_task_stream(tmp_path, **kwargs)
     where = ["--out", str(tmp_path / "out")] if command == "run" else ["--checkpoint", str(tmp_path)]
     out = runner.invoke(app, [command, "--benchmark", str(path), *where],
                         env={"BRANCHLORA_CACHE": str(tmp_path / "cache"), "COLUMNS": "400"})  # fmt: skip
