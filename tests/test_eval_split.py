@@ -201,13 +201,13 @@ def test_two_processes_score_exactly_as_one(tmp_path):
 
 def test_report_and_plots_show_unscored_cells_and_na_metrics(tmp_path):
     from branchlora.continual import MethodResult
-    from branchlora.report import write_outputs
+    from branchlora.report import build_results, write_outputs
 
     matrix = [[None, None, None], [80.0, None, None], [60.0, 90.0, None], [40.0, 70.0, 70.0]]
     method = MethodResult(matrix=matrix, tunable=5, total=9).to_json(3)
     runs = [{"seed": seed, "order": ["a", "b", "c"], "methods": {"lora": method}} for seed in (0, 1)]
     base, config = {"name": "tiny", "pretrain_seconds": 0.0}, {"eval": {"future": False}}
-    results = write_outputs(tmp_path, "toy", runs, base, config, {}, {})
+    results = write_outputs(tmp_path, build_results("toy", runs, base, config, {}, {}))
     assert results["methods"]["lora"]["matrix"][0] == [None, None, None]
     assert results["methods"]["lora"]["repeats"]["fwt"] == {"mean": None, "std": None, "values": [None, None]}
     report = (tmp_path / "report.md").read_text().splitlines()

@@ -192,7 +192,8 @@ def _run(config: RunConfig, bench: Benchmark, orders: list[list[str]], cpu: bool
                     "caption_loss": info.get("caption_loss")}  # fmt: skip
     outputs = (bench.name, runs, base_summary, settings, versions(), machine(accelerator))
     unscored = {t.name: OFFLINE[t.metric] for t in bench.tasks if t.metric in OFFLINE}  # report.md says so
-    return write_outputs(out, *outputs, unscored=unscored) if main else build_results(*outputs, unscored=unscored)
+    results = build_results(*outputs, unscored=unscored)
+    return write_outputs(out, results) if main else results
 
 
 def plan_experiment(

@@ -56,17 +56,8 @@ def build_results(
     return results
 
 
-def write_outputs(
-    out: Path,
-    bench: str,
-    runs: list[dict],
-    base: dict,
-    config: dict,
-    versions: dict,
-    machine: dict,
-    unscored: dict[str, str] | None = None,
-) -> dict:
-    results = build_results(bench, runs, base, config, versions, machine, unscored)
+def write_outputs(out: Path, results: dict) -> dict:
+    """Write `build_results`' content as results.json, report.md and plots/ under `out` (the main process)."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     tasks = results["benchmark"]["tasks"]
