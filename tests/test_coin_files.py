@@ -9,9 +9,9 @@ from PIL import Image
 
 from branchlora.data.benchmark import BenchmarkError, image_size, load_benchmark, open_image, padded_square_box
 from branchlora.evaluation.scorers import answers, score
-from test_benchmark import write_stream
 
 from coin_release import write_coin_release
+from support import one_task_stream
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -109,7 +109,7 @@ def test_text_only_items(tmp_path):
                                            {"from": "gpt", "value": "A"}]}]  # fmt: skip
     test = [{"question_id": 1, "text": "Which is a mammal?\nA. cat\nB. fish", "answer": "A"},
             {"question_id": 2, "image": "a.png", "text": "What colour?", "answer": "red"}]  # fmt: skip
-    path = write_stream(tmp_path, train=train, test=test)
+    path = one_task_stream(tmp_path, train=train, test=test)
     bench = load_benchmark(path)
     (item,) = bench.train_examples(0)
     assert item.image is None and item.instruction == "Which is a mammal?\nA. cat\nB. fish"
@@ -123,11 +123,11 @@ def test_marker_without_an_image_is_refused(tmp_path):
     train = [{"id": "t", "conversations": [{"from": "human", "value": "<image>\nWhat colour?"},
                                            {"from": "gpt", "value": "red"}]}]  # fmt: skip
     with pytest.raises(BenchmarkError, match=r"train\.json: item 0: field 'image': missing, but the conversation"):
-        load_benchmark(write_stream(tmp_path, train=train))
+        load_benchmark(one_task_stream(tmp_path, train=train))
 
 
 def test_jsonl_where_names_the_line(tmp_path):
-    path = write_stream(tmp_path)
+    path = one_task_stream(tmp_path)
     item = {"question_id": 7, "image": "a.png", "text": "What colour?", "answer": "red"}
     (tmp_path / "test.jsonl").write_text("\n" + json.dumps(item) + "\n")
     path.write_text(path.read_text().replace("test.json", "test.jsonl"))
@@ -150,7 +150,7 @@ def test_grounding_as_coin_ships_it_and_as_pixels(tmp_path):
              "size": [640, 480]},
             {"question_id": 2, "image": "a.png", "text": "the dog", "answer_bbox": [100, 50, 200, 100],
              "size": [640, 480]}]  # fmt: skip
-    shipped, pixels = load_benchmark(write_stream(tmp_path, test=test, metric="bbox_iou")).test_examples(0)
+    shipped, pixels = load_benchmark(one_task_stream(tmp_path, test=test, metric="bbox_iou")).test_examples(0)
     assert shipped.box == (0.16, 0.2, 0.47, 0.36) and shipped.answer == "[0.16, 0.20, 0.47, 0.36]"
     assert pixels.box == pytest.approx((0.15625, 0.203125, 0.46875, 0.359375))
     assert pixels.answer == "[0.16, 0.20, 0.47, 0.36]"
