@@ -39,7 +39,7 @@ from torch import nn
 from branchlora.adapters import adapter_layers, unwrap
 from branchlora.adapters.base import AdapterLayer
 from branchlora.adapters.merged import record_routes
-from branchlora.atomic import atomic_dir
+from branchlora.atomic import atomic_dir, check_free
 from branchlora.batch import model_inputs
 from branchlora.continual import WEIGHTS, latest_checkpoint, read_state
 from branchlora.data.benchmark import TestExample
@@ -164,11 +164,6 @@ def served_task(loaded: Loaded, task: str | None, example: dict[str, torch.Tenso
     return ids(len(names) - 1)
 
 
-def check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"--out {out} exists and is not an empty folder: give a new folder")
-
-
 # ---- the two formats ---------------------------------------------------------------------------------------
 def write_hf(loaded: Loaded, updates: dict[str, Factors], out: Path) -> None:
     """The base with the updates folded in and the trained projector, in the run's dtype, with its processor
@@ -272,7 +267,7 @@ def export_checkpoint(
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     out = Path(out)
-    check_out(out)
+    check_free(out, "--out")
     folder = weights_folder(checkpoint)
     state = read_state(folder)
     loaded = load_trained(folder)
