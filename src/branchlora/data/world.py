@@ -162,11 +162,11 @@ def distinct(rng: random.Random, pool: tuple[str, ...] | list[str], k: int) -> l
 # Scene samplers: every minicoin task and the base's caption pre-training draw from these.
 
 
-def single_object(rng: random.Random, size: int = 64) -> Scene:
-    """One big shape near the centre."""
+def single_object(rng: random.Random, size: int = 64, colours: tuple[str, ...] = tuple(COLOURS)) -> Scene:
+    """One big shape near the centre, in one of `colours`."""
     side = rng.randint(size * 9 // 16, size * 3 // 4)
     x0, y0 = rng.randint(2, size - side - 2), rng.randint(2, size - side - 2)
-    return Scene(size, [Shape(rng.choice(SHAPES), rng.choice(list(COLOURS)), (x0, y0, x0 + side, y0 + side))])
+    return Scene(size, [Shape(rng.choice(SHAPES), rng.choice(colours), (x0, y0, x0 + side, y0 + side))])
 
 
 def pair_scene(rng: random.Random, size: int = 64) -> Scene:
@@ -178,6 +178,13 @@ def pair_scene(rng: random.Random, size: int = 64) -> Scene:
         for s, c, (col, row) in zip(shapes, colours, cells, strict=True)
     ]
     return Scene(size, items)
+
+
+def quadrant_scene(rng: random.Random, size: int = 64, count: int = 1, shapes: tuple[str, ...] = SHAPES) -> Scene:
+    """`count` copies of one of `shapes`, each in its own quadrant and colour (pair_scene's geometry)."""
+    shape = rng.choice(shapes)
+    cells = rng.sample([(0, 0), (1, 0), (0, 1), (1, 1)], count)
+    return Scene(size, [Shape(shape, rng.choice(list(COLOURS)), grid_box(size, 2, c, r, margin=3)) for c, r in cells])
 
 
 def grid_scene(rng: random.Random, size: int = 64, count: int = 3) -> Scene:
