@@ -139,9 +139,10 @@ def test_predict_names_an_image_that_does_not_open(finished_run, tmp_path):
     assert out.exit_code == 2 and "broken.png" in out.output
 
 
-def test_presets_load_and_readme_reference_is_generated():
+def test_presets_load_and_the_configuration_reference_is_generated():
     assert load_config("quick").train.max_steps > 0
     assert load_config("default").methods == ["lora", "moelora", "branchlora"]
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = re.search(r"<!-- config-reference -->\n(.*?)\n<!-- /config-reference -->", readme, re.S)
-    assert block is not None and block.group(1).strip() == reference().strip()
+    page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    block = re.search(r"<!-- config-reference -->\n(.*?)\n<!-- /config-reference -->", page, re.S)
+    assert block is not None, "docs/configuration.md lost its <!-- config-reference --> markers"
+    assert block.group(1).strip() == reference().strip(), "docs/configuration.md: paste branchlora.config.reference()"

@@ -1,5 +1,6 @@
-"""The README's commands and every configs/*.yaml, run as written (at micro sizes, on stand-in data), so
-the documentation cannot rot: a command added to the README is picked up here by itself."""
+"""The commands of README.md and of every page under docs/, and every configs/*.yaml, run as written (at micro
+sizes, on stand-in data), so the documentation cannot rot: a command added to any page is picked up here by
+itself."""
 
 import json
 import re
@@ -21,26 +22,33 @@ from real_geometry import build_family_folder
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
+PAGES = {p.relative_to(ROOT).as_posix(): p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]}
 runner = CliRunner()
 # What each command may fail with by design; every other command must succeed.
 REFUSED = {"branchlora run --methods nope": "unknown method 'nope'; valid methods:"}
 HUB_ID = "llava-hf/llava-1.5-7b-hf"
 
 
-def readme_commands() -> list[str]:
+def page_commands(text: str) -> list[str]:
     """`branchlora ...` in bash blocks and inline code, with an option and no placeholder (<name>, ...)."""
     found = []
-    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         found += [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("branchlora ")]
         found += [launched(line) for line in block.splitlines() if line.startswith("accelerate launch ")]
-    found += [" ".join(span.split()) for span in re.findall(r"`(branchlora [^`]+)`", README)]
+    found += [" ".join(span.split()) for span in re.findall(r"`(branchlora [^`]+)`", text)]
     return sorted({c for c in found if len(c.split()) > 2 and "<" not in c and "..." not in c})
+
+
+def readme_commands() -> list[str]:
+    """Every page's commands: README.md and docs/**/*.md (the research notes' `OMP_NUM_THREADS=1 branchlora ...`
+    sweeps, with shell variables, are not commands of this kind and are not collected)."""
+    return sorted({c for text in PAGES.values() for c in page_commands(text)})
 
 
 def launched(line: str) -> str:
     """`accelerate launch --config_file F -m branchlora.cli ARGS` as `branchlora ARGS`, once F is checked to exist."""
     config = re.search(r"--config_file (\S+)", line).group(1)
-    assert (ROOT / config).is_file(), f"README launches with {config}, which does not exist"
+    assert (ROOT / config).is_file(), f"a page launches with {config}, which does not exist"
     return "branchlora " + line.split("-m branchlora.cli ", 1)[1].split("  #")[0].strip()
 
 
@@ -121,7 +129,7 @@ def finished_quick_run(world: dict) -> Path:
 
 def as_run(command: str, world: dict, tmp_path: Path) -> list[str]:
     """The README command with its stand-ins, micro sizes, and a fresh --out (a `run` is dry-run)."""
-    args = shlex.split(command.replace("[--oracle]", "--oracle"))[1:]
+    args = shlex.split(re.sub(r"\[(--[\w-]+)\]", r"\1", command))[1:]  # an optional flag, given
     args = [world["paths"].get(a, a).replace("runs/default", str(world["run"])) for a in args]
     if args[0] == "run":
         args += micro_sets(args) + ["--dry-run", "--out", str(tmp_path / "out")]
@@ -145,7 +153,8 @@ def test_readme_command(command, world, tmp_path, monkeypatch):
         from branchlora.bench.loop import LoopSizes
         from test_bench import TOY
 
-        monkeypatch.setattr("branchlora.cli.bench.QUICK", TOY)  # the README's command at toy sizes
+        for sizes in ("QUICK", "FULL", "GPU"):  # the page's command at toy sizes
+            monkeypatch.setattr(f"branchlora.cli.bench.{sizes}", TOY)
         monkeypatch.setattr(
             "branchlora.bench.loop.DEFAULT", LoopSizes(steps=3, batch_size=4, warmup=0, least=2, cap_s=0)
         )
@@ -160,10 +169,25 @@ def test_readme_command(command, world, tmp_path, monkeypatch):
 
 
 def test_the_readme_commands_are_found():
-    commands = readme_commands()
+    commands = page_commands(README)
     for start in ("branchlora run --benchmark", "branchlora run --config", "branchlora run --preset quick",
-                  "branchlora predict", "branchlora evaluate", "branchlora params", "branchlora bench"):  # fmt: skip
+                  "branchlora predict", "branchlora evaluate", "branchlora export", "branchlora params"):  # fmt: skip
         assert any(c.startswith(start) for c in commands), start
+    assert "make run" in README and "make test" in README and "<!-- MAKE-RUN-RESULTS -->" in README
+
+
+def test_the_docs_commands_are_found():
+    assert {"README.md", "docs/getting-started.md", "docs/scaling.md", "docs/performance.md"} <= set(PAGES)
+    for page, start in (
+        ("docs/getting-started.md", "branchlora pretrain --out"),
+        ("docs/getting-started.md", "branchlora export"),
+        ("docs/scaling.md", "branchlora params --model llava-1.5-7b --method branchlora --memory"),
+        ("docs/performance.md", "branchlora bench --quick"),
+        ("docs/benchmarks.md", "branchlora run --benchmark"),
+        ("docs/methods.md", "branchlora params"),
+    ):
+        assert any(c.startswith(start) for c in page_commands(PAGES[page])), (page, start)
+    assert set(readme_commands()) > set(page_commands(README))  # the pages add commands of their own
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

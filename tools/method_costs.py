@@ -1,4 +1,4 @@
-"""Method costs before and after issue 27's item 5, in one process (BENCHMARKS.md, "Method costs at scale").
+"""Method costs before and after issue 27's item 5, in one process (docs/performance.md, "Method costs at scale").
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python tools/method_costs.py --before 0f4366a [--cap 20] [--json FILE]
 

@@ -66,7 +66,7 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="clear the previous run in --out first"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check everything and print the plan; train nothing"),
     overrides: list[str] = typer.Option(
-        [], "--set", help="replace any config key (README: Configuration reference): --set train.lr=1e-3; null: default"
+        [], "--set", help="replace any config key (docs/configuration.md): --set train.lr=1e-3; null: default"
     ),
 ) -> None:
     """Train and evaluate methods on a task stream; writes results.json, report.md and plots/."""

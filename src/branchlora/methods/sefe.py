@@ -12,7 +12,7 @@ code): p = 2 %, lambda = 2500.  Masks are per Linear and kept as flat int32 indi
 int32 as is: no int64 copy per step); a position recorded by two tasks counts once (the official code
 concatenates the lists and would count it twice).
 SEFE's other half, answer-style diversification, rewrites training answers with a multimodal LLM and
-is not offered here (see the README's method notes).
+is not offered here (see docs/methods.md, the method notes).
 """
 
 from __future__ import annotations
