@@ -21,7 +21,8 @@ from branchlora.data.templates import instruction
 from branchlora.data.world import COLOURS, WORDS, Scene
 from branchlora.typed import check_fields
 
-GENERATOR_VERSION = 5  # bump when generated files change, so old caches are not reused
+TABLE = (214, 222, 234)  # vizwiz's surface: a pale blue-grey
+GENERATOR_VERSION = 7  # bump when generated files change, so old caches are not reused
 TASKS = ("scienceqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa")
 METRICS = {
     "scienceqa": "option_letter",
@@ -122,13 +123,17 @@ def gqa(rng: random.Random, opts: MiniCoinOptions) -> Item:
 
 
 def vizwiz(rng: random.Random, opts: MiniCoinOptions) -> Item:
-    """A colour or a word to tell, unless the photo is too blurred and dark: then 'unanswerable'."""
+    """A colour or a word to tell, unless the photo is too blurred and dark: then 'unanswerable'.
+
+    The photos are taken on a pale table-top, as VizWiz's are taken where their users are, not staged: the
+    same objects and words as imagenet's and textvqa's, in pictures of their own."""
     if rng.random() < 0.5:
         scene, question = world.single_object(rng, opts.image_size), "What colour is this?"
         answer = scene.shapes[0].colour
     else:
         scene, question = world.word_scene(rng, opts.image_size), "What does this say?"
         answer = scene.texts[0].text
+    scene.surface = TABLE
     if rng.random() < 0.35:
         scene.degraded, answer = True, "unanswerable"
     return Item(scene, instruction("vizwiz", opts.instructions, rng, question=question), answer)

@@ -54,6 +54,7 @@ class Scene:
     texts: list[Text] = field(default_factory=list)
     cover: str | None = None  # background colour name of a book cover
     degraded: bool = False  # blurred and darkened beyond reading
+    surface: tuple[int, int, int] = BACKGROUND  # what the picture is taken against
 
 
 @lru_cache(maxsize=32)
@@ -108,7 +109,7 @@ def draw_text(draw: ImageDraw.ImageDraw, item: Text, fill: tuple[int, ...] | Non
 
 def render(scene: Scene) -> Image.Image:
     """Draw a scene as an RGB image; degraded scenes are blurred and darkened until unreadable."""
-    image = Image.new("RGB", (scene.size, scene.size), BACKGROUND)
+    image = Image.new("RGB", (scene.size, scene.size), scene.surface)
     draw = ImageDraw.Draw(image)
     if scene.cover:
         draw.rectangle((4, 2, scene.size - 5, scene.size - 3), fill=COLOURS[scene.cover])
