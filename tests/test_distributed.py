@@ -110,7 +110,9 @@ def test_two_process_ddp_keeps_ranks_equal_and_steps_as_one_process(ranks, tmp_p
     one = scope["train_colour"](None, tmp_path, batch_size=4)
     assert one["world"] == 1 and one["names"] == rank0["names"] and one["frozen"] == rank0["frozen"]
     for name, a, b in zip(one["names"], one["params"], rank0["params"], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        # Adam divides by the gradient's own scale, so where a gradient is small the two batchings' rounding moves
+        # a weight by a small share of a step: held to 1/50 of one step (lr 5e-3), far below a wrong average's
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
     for a, b in zip(one["keys"], rank0["keys"], strict=True):
         assert (a - b).abs().max() <= 2 * KEY_LR * 3 + 1e-6  # 3 steps at the keys' lr
     for k0, k1 in zip(rank0["steps"], rank1["steps"], strict=True):  # averaged gradients: equal at every step

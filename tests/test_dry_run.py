@@ -14,7 +14,7 @@ from branchlora.models.loading import PACKAGED
 
 
 def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path):
-    sets = ["benchmark_options={train_size: 4, test_size: 3}", "eval.limit=2", "methods=lora,multitask"]
+    sets = ["benchmark_options={train_size: 6, test_size: 3}", "eval.limit=2", "methods=lora,multitask"]  # 4 a task
     config = load_config("quick", None, [parse_override(s) for s in [*sets, f"out={tmp_path / 'out'}"]])
     plan = plan_experiment(config, console=Console(file=io.StringIO()))
     assert [(t["train"], t["test"], t["steps"]) for t in plan["tasks"]] == [(4, 2, 56)] * 4  # quick: 4 tasks x 56 steps
@@ -27,7 +27,7 @@ def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path):
 
 def test_the_plan_counts_replayed_items_in_epoch_budgets(tmp_path):
     """With steps from epochs, task t trains on its items plus replay.size items of each earlier task."""
-    sets = ["benchmark_options={train_size: 4, test_size: 3}", "methods=lora,multitask", "train.max_steps=0",
+    sets = ["benchmark_options={train_size: 6, test_size: 3}", "methods=lora,multitask", "train.max_steps=0",
             "train.epochs=1", "train.batch_size=2", "replay.size=3"]  # fmt: skip
     config = load_config("quick", None, [parse_override(s) for s in [*sets, f"out={tmp_path / 'out'}"]])
     plan = plan_experiment(config, console=Console(file=io.StringIO()))
