@@ -282,5 +282,5 @@ def test_a_diverging_run_stops_with_one_line_and_exit_2(saved, tmp_path):
     """lr 1e12: NaN within a few steps; the run stops naming method, task and step (no table of 0.00)."""
     root, _, _ = saved
     out = micro_run(root, tmp_path, lr=1e12)
-    refused(out, "lora: ", "non-finite", "on task 'textvqa'", "step 3")  # the quick preset's first
+    refused(out, "lora: ", "non-finite", "on task 'scienceqa'", "step 3")  # the quick preset's first
     assert "ACC" not in out.output

@@ -17,11 +17,12 @@ def test_the_plan_counts_items_steps_and_tunable_parameters(tmp_path):
     sets = ["benchmark_options={train_size: 6, test_size: 3}", "eval.limit=2", "methods=lora,multitask"]  # 4 a task
     config = load_config("quick", None, [parse_override(s) for s in [*sets, f"out={tmp_path / 'out'}"]])
     plan = plan_experiment(config, console=Console(file=io.StringIO()))
-    assert [(t["train"], t["test"], t["steps"]) for t in plan["tasks"]] == [(4, 2, 56)] * 4  # quick: 4 tasks x 56 steps
+    # quick: 5 tasks x 48 steps; scienceqa has SIZE 1 (6 items), the others 2/3 (4 items)
+    assert [(t["train"], t["test"], t["steps"]) for t in plan["tasks"]] == [(6, 2, 48)] + [(4, 2, 48)] * 4
     lora = 4 * (4 * 32 * (192 + 192) + 3 * 32 * (192 + 512))  # r 32 on q, k, v, o and gate, up, down; 4 layers
     projector = (128 * 192 + 192) + (192 * 192 + 192)  # vision 128 -> LM 192 -> 192
-    assert plan["methods"]["lora"] == {"tunable": lora + projector, "steps": 4 * 56}
-    assert plan["methods"]["multitask"]["steps"] == 4 * 56  # the joint bound: the stream's budget, on the union
+    assert plan["methods"]["lora"] == {"tunable": lora + projector, "steps": 5 * 48}
+    assert plan["methods"]["multitask"]["steps"] == 5 * 48  # the joint bound: the stream's budget, on the union
     assert plan["base"]["sizes"]["hidden"] == 192 and not (tmp_path / "out").exists()
 
 
@@ -31,9 +32,11 @@ def test_the_plan_counts_replayed_items_in_epoch_budgets(tmp_path):
             "train.epochs=1", "train.batch_size=2", "replay.size=3"]  # fmt: skip
     config = load_config("quick", None, [parse_override(s) for s in [*sets, f"out={tmp_path / 'out'}"]])
     plan = plan_experiment(config, console=Console(file=io.StringIO()))
-    # task t: 4 + 3 t items, ceil((4 + 3 t) / 2) steps; the joint bound replays nothing
-    assert plan["methods"]["lora"]["steps"] == sum(-(-(4 + 3 * t) // 2) for t in range(4))
-    assert plan["methods"]["multitask"]["steps"] == 4 * 2
+    # task t: its n_t items (6 for scienceqa, then 4) + 3 t replayed, ceil((n_t + 3 t) / 2) steps; the joint
+    # bound replays nothing: the stream's own budget, ceil(n_t / 2) a task
+    items = [6, 4, 4, 4, 4]
+    assert plan["methods"]["lora"]["steps"] == sum(-(-(n + 3 * t) // 2) for t, n in enumerate(items))
+    assert plan["methods"]["multitask"]["steps"] == sum(-(-n // 2) for n in items)
 
 
 def test_the_plan_measures_every_item_and_refuses_one_over_max_length(tmp_path):
