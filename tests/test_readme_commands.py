@@ -173,7 +173,9 @@ def test_the_readme_commands_are_found():
     for start in ("branchlora run --benchmark", "branchlora run --config", "branchlora run --preset quick",
                   "branchlora predict", "branchlora evaluate", "branchlora export", "branchlora params"):  # fmt: skip
         assert any(c.startswith(start) for c in commands), start
-    assert "make run" in README and "make test" in README and "<!-- MAKE-RUN-RESULTS -->" in README
+    assert "make run" in README and "make test" in README
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)  # the results' one picture is in the tree
+    assert pictures and all((ROOT / p).is_file() for p in pictures), pictures
 
 
 def test_the_docs_commands_are_found():
@@ -216,8 +218,8 @@ def test_a_hub_id_that_is_not_available_offline_is_one_clear_line(world, tmp_pat
 
 
 def test_checkpoints_record_the_run_and_a_changed_resume_is_refused(world):
-    state = json.loads((world["run"] / "branchlora" / "task-03" / "state.json").read_text())
-    assert state["config"]["methods"] == ["lora", "moelora", "branchlora"] and len(state["tasks"]) == 4  # quick
+    state = json.loads((world["run"] / "branchlora" / "task-04" / "state.json").read_text())
+    assert state["config"]["methods"] == ["lora", "moelora", "branchlora"] and len(state["tasks"]) == 5  # quick
     assert state["run"]["train"]["max_steps"] == 2 and state["run"]["tasks"] == state["tasks"]
     assert json.loads((world["run"] / "run-config.json").read_text())["orders"] == [state["tasks"]]
     assert not (world["run"] / ".lock").exists()  # released at the end
