@@ -35,24 +35,27 @@ def stat(values: list[float]) -> str:
 def main(folders: list[str], plot: Path | None) -> None:
     table = ["| method | seeds | ACC | MAA | BWT | MFT | forgetting | tunable | selector | ACC per seed |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    diagonals, merged, tasks = [], {}, []
+    merged: dict[str, tuple[dict, list[dict]]] = {}  # a method's seeds may come from several folders
+    tasks: list[str] = []
     for folder in folders:
         tasks = json.loads((Path(folder) / "results.json").read_text())["benchmark"]["tasks"]
         for name, (first, runs) in methods(Path(folder)).items():
-            merged[name] = first
-            cells = [stat([r["metrics"][m] for r in runs]) for m in METRICS]
-            selector = " / ".join(f"{r['selector_accuracy']:.1f}" for r in runs if "selector_accuracy" in r) or "-"
-            per_seed = " / ".join(f"{r['metrics']['acc']:.2f}" for r in runs)
-            table.append(f"| {name} | {len(runs)} | {' | '.join(cells)} | {first['params']['tunable']:,} | {selector} "
-                         f"| {per_seed} |")  # fmt: skip
-            matrix = first["matrix"]
-            diagonals.append(f"| {name} | " + " | ".join(f"{matrix[t + 1][t]:.0f}" for t in range(len(matrix) - 1)))
+            merged[name] = (merged[name][0], merged[name][1] + runs) if name in merged else (first, runs)
+    diagonals = []
+    for name, (first, runs) in merged.items():
+        cells = [stat([r["metrics"][m] for r in runs]) for m in METRICS]
+        selector = " / ".join(f"{r['selector_accuracy']:.1f}" for r in runs if "selector_accuracy" in r) or "-"
+        per_seed = " / ".join(f"{r['metrics']['acc']:.2f}" for r in runs)
+        table.append(f"| {name} | {len(runs)} | {' | '.join(cells)} | {first['params']['tunable']:,} | {selector} "
+                     f"| {per_seed} |")  # fmt: skip
+        matrix = first["matrix"]
+        diagonals.append(f"| {name} | " + " | ".join(f"{matrix[t + 1][t]:.0f}" for t in range(len(matrix) - 1)))
     print("\n".join(table))
     print("\nDiagonal (right after training each task), first seed:\n")
     print(f"| method | {' | '.join(tasks)} |\n|---|" + "---|" * len(tasks))
     print("\n".join(d + " |" for d in diagonals))
-    if plot:
-        plot_comparison(merged, plot)
+    if plot:  # the comparison plot's error bars: one folder's repeats (the first folder holding the method)
+        plot_comparison({name: first for name, (first, _) in merged.items()}, plot)
 
 
 if __name__ == "__main__":
