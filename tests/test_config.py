@@ -36,7 +36,7 @@ def test_what_users_type_for_a_value_s_type_is_accepted(tmp_path, monkeypatch):
 
 
 def test_a_layer_changing_the_benchmark_drops_the_earlier_task_orders(tmp_path):
-    assert load().orders == [["textvqa", "imagenet", "vizwiz", "ocrvqa"]]  # the quick preset's
+    assert load().orders == [["scienceqa", "textvqa", "imagenet", "vizwiz", "ocrvqa"]]  # the quick preset's
     (tmp_path / "mine.yaml").write_text("name: mine\n")  # only its name is read here
     assert load(f"benchmark={tmp_path / 'mine.yaml'}").orders == []
     assert load(f"benchmark={tmp_path / 'mine.yaml'}", "orders=[[a, b]]").orders == [["a", "b"]]
@@ -48,14 +48,14 @@ def test_a_layer_changing_the_benchmark_drops_the_earlier_task_orders(tmp_path):
 def test_a_benchmark_file_given_as_the_config_runs_that_benchmark():
     cfg = load(path="configs/ucit.yaml")
     assert cfg.benchmark == "configs/ucit.yaml" and cfg.benchmark_options == {} and cfg.orders == []
-    assert cfg.train.max_steps == 56  # the preset's other settings stay
+    assert cfg.train.max_steps == 48  # the preset's other settings stay
 
 
 def test_a_yaml_file_with_exponent_floats_loads(tmp_path):
     (tmp_path / "c.yaml").write_text("train: {lr: 1e-3, projector_lr: 5e-5}\n")  # YAML 1.1 reads both as strings
     cfg = load(path=tmp_path / "c.yaml")
     assert (cfg.train.lr, cfg.train.projector_lr) == (0.001, 5e-5)
-    assert cfg.train.max_steps == 56  # the preset's other train keys are kept: a section merges key by key
+    assert cfg.train.max_steps == 48  # the preset's other train keys are kept: a section merges key by key
 
 
 @pytest.mark.parametrize(
