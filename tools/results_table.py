@@ -13,23 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from statistics import mean, pstdev
 
 from branchlora.plots import plot_comparison
 
 METRICS = ("acc", "maa", "bwt", "mft", "forgetting")
 
 
-def methods(folder: Path) -> dict[str, tuple[dict, list[dict]]]:
-    """{method: (its result as results.json has it, every run's result)} of one run folder."""
+def methods(folder: Path) -> tuple[list[str], dict[str, tuple[dict, list[dict]]]]:
+    """The tasks, and {method: (its result as results.json has it, every run's result)}, of one run folder."""
     results = json.loads((folder / "results.json").read_text())
     runs = results.get("runs") or [{"methods": results["methods"]}]
-    return {name: (result, [run["methods"][name] for run in runs]) for name, result in results["methods"].items()}
+    per_method = {name: (result, [run["methods"][name] for run in runs]) for name, result in results["methods"].items()}
+    return results["benchmark"]["tasks"], per_method
 
 
 def stat(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return f"{mean:.2f} ± {std:.2f}"
+    return f"{mean(values):.2f} ± {pstdev(values):.2f}"
 
 
 def main(folders: list[str], plot: Path | None) -> None:
@@ -38,8 +38,8 @@ def main(folders: list[str], plot: Path | None) -> None:
     merged: dict[str, tuple[dict, list[dict]]] = {}  # a method's seeds may come from several folders
     tasks: list[str] = []
     for folder in folders:
-        tasks = json.loads((Path(folder) / "results.json").read_text())["benchmark"]["tasks"]
-        for name, (first, runs) in methods(Path(folder)).items():
+        tasks, per_method = methods(Path(folder))
+        for name, (first, runs) in per_method.items():
             merged[name] = (merged[name][0], merged[name][1] + runs) if name in merged else (first, runs)
     diagonals = []
     for name, (first, runs) in merged.items():

@@ -113,12 +113,11 @@ def gqa(rng: random.Random, opts: MiniCoinOptions) -> Item:
 
     A shape of one cell of a 4x4 grid was learned to 78-90 at this budget; a quadrant's, as here, to 100."""
     scene = world.quadrant_scene(rng, opts.image_size)
-    x0, y0 = scene.shapes[0].box[:2]
-    half = opts.image_size / 2
+    col, row = world.quadrant_of(scene.shapes[0], opts.image_size)
     if rng.random() < 0.5:
-        question, answer = "Is the shape on the left or on the right?", "left" if x0 < half else "right"
+        question, answer = "Is the shape on the left or on the right?", ("left", "right")[col]
     else:
-        question, answer = "Is the shape at the top or at the bottom?", "top" if y0 < half else "bottom"
+        question, answer = "Is the shape at the top or at the bottom?", ("top", "bottom")[row]
     return Item(scene, instruction("gqa", opts.instructions, rng, question=question), answer)
 
 
@@ -143,8 +142,8 @@ def grounding(rng: random.Random, opts: MiniCoinOptions) -> Item:
     """The box of the only shape, which fills a quadrant: the answer is a box of halves, scored by IoU."""
     scene = world.quadrant_scene(rng, opts.image_size)
     target = scene.shapes[0]
-    half = opts.image_size / 2
-    box = tuple(round((v + m) / half) / 2 for v, m in zip(target.box, (-3, -3, 3, 3), strict=True))  # undo the margin
+    col, row = world.quadrant_of(target, opts.image_size)
+    box = (col / 2, row / 2, col / 2 + 0.5, row / 2 + 0.5)
     answer = "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
     prompt = instruction("grounding", opts.instructions, rng, question=f"the {target.colour} {target.shape}")
     return Item(scene, prompt, answer, box=box)

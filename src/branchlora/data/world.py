@@ -188,6 +188,11 @@ def quadrant_scene(rng: random.Random, size: int = 64, count: int = 1, shapes: t
     return Scene(size, [Shape(shape, rng.choice(list(COLOURS)), grid_box(size, 2, c, r, margin=3)) for c, r in cells])
 
 
+def quadrant_of(item: Shape, size: int) -> tuple[int, int]:
+    """(column, row), each 0 or 1: the quadrant that holds the centre of `item`'s box."""
+    return int(item.box[0] + item.box[2] >= size), int(item.box[1] + item.box[3] >= size)
+
+
 def grid_scene(rng: random.Random, size: int = 64, count: int = 3) -> Scene:
     """Up to `count` shapes of 1x1 or 2x2 cells on a 4x4 grid, no two overlapping or looking alike."""
     taken: set[tuple[int, int]] = set()
